@@ -1,0 +1,274 @@
+//! Command line: run | check | explain | secret | health.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{self, Env, ProcessEnv};
+use crate::policy::{self, identity::normalize_email, ClaimValue, Facts, Identity, Outcome};
+use crate::runtime::Runtime;
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "Identity-aware reverse proxy")]
+pub struct Cli {
+    /// Config file (YAML).
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the config as the server would at start; print `file:line:col: message` errors.
+    Check,
+    /// Decide one request offline: prints `allow` or `deny` first, then the deciding rule.
+    Explain(ExplainArgs),
+    /// Print a fresh random 32-byte key, base64 (for `cookie_secret`).
+    Secret,
+    /// Probe the admin listener's /readyz; exit 0 when ready.
+    Health {
+        /// Full URL of /readyz (default: from the config's metrics_address).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// The request URL, such as https://openclaw.example.com/admin
+    #[arg(long)]
+    pub url: String,
+    /// Signed-in user's email; without it the request is anonymous.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Comma-separated groups.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// A claim, `name=value` (repeatable); `name=a,b` makes a list claim.
+    #[arg(long)]
+    pub claim: Vec<String>,
+    /// The user's subject (`sub`); defaults to the email.
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Client IP address (for source_ip criteria).
+    #[arg(long)]
+    pub ip: Option<std::net::IpAddr>,
+    /// Treat the email as unverified (`email_verified: false`).
+    #[arg(long)]
+    pub unverified: bool,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::Secret) => {
+            let mut key = [0u8; 32];
+            if aws_lc_rs::rand::fill(&mut key).is_err() {
+                eprintln!("error: no randomness available");
+                return ExitCode::from(1);
+            }
+            use base64::Engine;
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => {
+            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            match Runtime::load(&path, &ProcessEnv) {
+                Ok(rt) => {
+                    for w in &rt.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: ok ({} routes)", path.display(), rt.routes.iter().count());
+                    ExitCode::SUCCESS
+                }
+                Err(errs) => {
+                    println!("{errs}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Explain(args)) => {
+            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            explain(&path, &ProcessEnv, &args)
+        }
+        Some(Command::Health { url }) => health(cli.config.as_deref(), url),
+        None => {
+            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            serve(&path)
+        }
+    }
+}
+
+fn config_path(p: &Option<PathBuf>) -> Option<PathBuf> {
+    match p {
+        Some(p) => Some(p.clone()),
+        None => {
+            eprintln!("error: no config file: pass --config PATH or set PORTCULLIS_CONFIG");
+            None
+        }
+    }
+}
+
+/// Result of `explain`: the text to print and the exit code.
+pub fn explain_text(path: &Path, env: &dyn Env, args: &ExplainArgs) -> Result<(String, Outcome), String> {
+    let compiled = config::load(path, env).map_err(|e| e.to_string())?;
+    let routes = crate::route::RouteTable::new(compiled.routes);
+    let url = url::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
+    let host = url.host_str().ok_or("--url needs a host")?.trim_end_matches('.').to_ascii_lowercase();
+    let target_path = crate::proxy::target::normalize_path(url.path()).map_err(|e| format!("--url: {e} (Portcullis answers 400)"))?;
+    let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("--method: `{}` is not an HTTP method", args.method))?;
+    let identity = match &args.email {
+        None => None,
+        Some(e) => {
+            let email = normalize_email(e).ok_or_else(|| format!("--email: `{e}` is not a plain email address"))?;
+            let mut claims = std::collections::BTreeMap::new();
+            for c in &args.claim {
+                let (k, v) = c.split_once('=').ok_or_else(|| format!("--claim: `{c}` is not name=value"))?;
+                let v = if v.contains(',') {
+                    ClaimValue::List(v.split(',').map(str::to_string).collect())
+                } else {
+                    ClaimValue::Str(v.to_string())
+                };
+                claims.insert(k.to_string(), v);
+            }
+            Some(Arc::new(Identity {
+                iss: String::new(),
+                sub: args.user.clone().unwrap_or_else(|| email.clone()),
+                email: Some(email),
+                email_verified: Some(!args.unverified),
+                groups: args.groups.clone(),
+                claims,
+            }))
+        }
+    };
+    let Some(route) = routes.find(&host, url.port(), &target_path) else {
+        return Ok((format!("deny\tno route matches {host}{target_path}: Portcullis answers 404"), Outcome::Deny));
+    };
+    let facts = Facts { method: &method, path: &target_path, ip: args.ip };
+    let d = policy::evaluate(&route.policy, identity.as_deref(), &facts);
+    let word = if d.outcome == Outcome::Allow { "allow" } else { "deny" };
+    let rule = match d.rule {
+        Some(r) => format!("{} at {}:{}:{}", r.key, path.display(), r.pos.line, r.pos.col),
+        None => "no rule".to_string(),
+    };
+    let note = match d.outcome {
+        Outcome::Unauthenticated => " (anonymous: a browser is sent to sign in, other clients get 401)",
+        Outcome::Deny => " (403)",
+        Outcome::Allow => "",
+    };
+    Ok((
+        format!(
+            "{word}\troute `{}` at {}:{}\n\tdecided by: {rule}\n\treason: {}{note}",
+            route.name,
+            path.display(),
+            route.line,
+            d.reason
+        ),
+        d.outcome,
+    ))
+}
+
+fn explain(path: &Path, env: &dyn Env, args: &ExplainArgs) -> ExitCode {
+    match explain_text(path, env, args) {
+        Ok((text, outcome)) => {
+            println!("{text}");
+            if outcome == Outcome::Allow {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn health(config: Option<&Path>, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let Some(path) = config else {
+                eprintln!("error: pass --url or --config");
+                return ExitCode::from(1);
+            };
+            match config::load(path, &ProcessEnv) {
+                Ok(c) => match c.settings.metrics_address {
+                    Some(a) => format!("http://127.0.0.1:{}/readyz", a.port()),
+                    None => {
+                        eprintln!("error: the config sets no metrics_address to probe");
+                        return ExitCode::from(1);
+                    }
+                },
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(crate::server::admin::probe(&url)) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(code) => {
+            eprintln!("{url}: {code}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Starts logging as the config says (`RUST_LOG` wins), to standard error.
+pub fn init_logging(settings: Option<&config::Settings>) {
+    use tracing_subscriber::EnvFilter;
+    let level = settings.map_or("info", |s| s.log_level.as_str());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = settings.is_some_and(|s| s.log_format == config::LogFormat::Json);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let rt = match Runtime::load(path, &ProcessEnv) {
+        Ok(rt) => rt,
+        Err(errs) => {
+            init_logging(None);
+            eprintln!("{errs}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(Some(&rt.settings));
+    let tokio_rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tokio_rt.block_on(async move {
+        let handle = match crate::server::start(rt).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen");
+                return ExitCode::from(1);
+            }
+        };
+        crate::server::signals::run_until_stopped(&handle, path).await;
+        handle.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,13 @@
+//! Portcullis: an identity-aware reverse proxy.
+//!
+//! See `docs/request-lifecycle.md` for the path of one request through these modules.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,188 @@
+//! The one pure evaluator: no I/O, no allocation, same answer for the proxy and `explain`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::{ClaimMatch, ClaimValue, Criterion, Expr, Identity, Policy, RuleOrigin, StrMatch};
+
+/// What the request is, besides who sends it.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub method: &'a http::Method,
+    /// The normalized path: exactly what the upstream will receive.
+    pub path: &'a str,
+    /// The TCP peer's address (never a header's); `None` in `explain` without `--ip`.
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Nobody is signed in and signing in could change the answer.
+    Unauthenticated,
+}
+
+/// The outcome, the rule that decided it (if one did), and why.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision<'p> {
+    pub outcome: Outcome,
+    pub rule: Option<&'p RuleOrigin>,
+    pub reason: &'static str,
+}
+
+/// Decides one request.
+pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>) -> Decision<'p> {
+    let mut allowed_by = None;
+    for rule in &policy.rules {
+        if let Some(deny) = &rule.deny {
+            if eval_expr(deny, id, facts) {
+                if id.is_none() && policy.wants_identity {
+                    return Decision {
+                        outcome: Outcome::Unauthenticated,
+                        rule: Some(&rule.origin),
+                        reason: "a deny rule matched an anonymous request; signing in may change that",
+                    };
+                }
+                return Decision {
+                    outcome: Outcome::Deny,
+                    rule: Some(&rule.origin),
+                    reason: "a deny rule matched",
+                };
+            }
+        }
+        if allowed_by.is_none() {
+            if let Some(allow) = &rule.allow {
+                let applicable = id.is_some() || !rule.allow_needs_identity;
+                if applicable && eval_expr(allow, id, facts) {
+                    allowed_by = Some(&rule.origin);
+                }
+            }
+        }
+    }
+    match allowed_by {
+        Some(rule) => Decision {
+            outcome: Outcome::Allow,
+            rule: Some(rule),
+            reason: "an allow rule matched and no deny rule did",
+        },
+        None if id.is_none() && policy.wants_identity => Decision {
+            outcome: Outcome::Unauthenticated,
+            rule: None,
+            reason: "sign-in required",
+        },
+        None => Decision {
+            outcome: Outcome::Deny,
+            rule: None,
+            reason: if policy.rules.is_empty() {
+                "the route has no policy, so nobody may pass"
+            } else {
+                "no allow rule matched"
+            },
+        },
+    }
+}
+
+/// Proof that the policy let this request through. Only [`authorize`] makes one, and the
+/// forwarding code takes nothing else: a request without a decision cannot be proxied.
+#[derive(Debug)]
+pub struct Permitted {
+    pub identity: Option<Arc<Identity>>,
+    pub rule: Option<RuleOrigin>,
+    _sealed: (),
+}
+
+/// Why a request was not let through.
+#[derive(Debug)]
+pub enum Refusal {
+    Unauthenticated,
+    Denied {
+        identity: Option<Arc<Identity>>,
+        rule: Option<RuleOrigin>,
+        reason: &'static str,
+    },
+}
+
+/// Evaluates and, on allow, issues the [`Permitted`] token.
+pub fn authorize(
+    policy: &Policy,
+    identity: Option<Arc<Identity>>,
+    facts: &Facts<'_>,
+) -> Result<Permitted, Refusal> {
+    let d = evaluate(policy, identity.as_deref(), facts);
+    let rule = d.rule.cloned();
+    match d.outcome {
+        Outcome::Allow => Ok(Permitted {
+            identity,
+            rule,
+            _sealed: (),
+        }),
+        Outcome::Unauthenticated => Err(Refusal::Unauthenticated),
+        Outcome::Deny => Err(Refusal::Denied {
+            identity,
+            rule,
+            reason: d.reason,
+        }),
+    }
+}
+
+fn eval_expr(e: &Expr, id: Option<&Identity>, f: &Facts<'_>) -> bool {
+    match e {
+        Expr::Always => true,
+        Expr::And(v) => v.iter().all(|x| eval_expr(x, id, f)),
+        Expr::Or(v) => v.iter().any(|x| eval_expr(x, id, f)),
+        Expr::Not(v) => !v.iter().all(|x| eval_expr(x, id, f)),
+        Expr::Nor(v) => !v.iter().any(|x| eval_expr(x, id, f)),
+        Expr::Crit(c) => eval_criterion(c, id, f),
+    }
+}
+
+fn eval_criterion(c: &Criterion, id: Option<&Identity>, f: &Facts<'_>) -> bool {
+    match c {
+        Criterion::HttpMethod(methods) => methods.iter().any(|m| m == f.method),
+        Criterion::HttpPath(m) => m.matches(f.path),
+        Criterion::SourceIp(nets) => f
+            .ip
+            .is_some_and(|ip| nets.iter().any(|n| n.contains(&canonical_ip(ip)))),
+        _ => {
+            let Some(id) = id else { return false };
+            match c {
+                Criterion::AuthenticatedUser => true,
+                Criterion::Email(m) => id.usable_email().is_some_and(|e| m.matches(e)),
+                Criterion::Domain(m) => id.email_domain().is_some_and(|d| m.matches(d)),
+                Criterion::User(m) => m.matches(&id.sub),
+                Criterion::Groups(l) => id.groups.iter().any(|g| **g == *l.has),
+                Criterion::Claim(name, m) => match (id.claims.get(&**name), m) {
+                    (None, _) => false,
+                    (Some(ClaimValue::Str(s)), ClaimMatch::Has(v)) => **s == **v,
+                    (Some(ClaimValue::Str(s)), ClaimMatch::Str(m)) => m.matches(s),
+                    (Some(ClaimValue::List(l)), ClaimMatch::Has(v)) => l.iter().any(|s| **s == **v),
+                    (Some(ClaimValue::List(l)), ClaimMatch::Str(m)) => l.iter().any(|s| m.matches(s)),
+                },
+                _ => false,
+            }
+        }
+    }
+}
+
+/// An IPv4 client seen on a dual-stack socket (`::ffff:a.b.c.d`) is matched as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl StrMatch {
+    /// True when every matcher that is set holds.
+    pub fn matches(&self, s: &str) -> bool {
+        self.is.as_deref().is_none_or(|v| s == v)
+            && self.starts_with.as_deref().is_none_or(|v| s.starts_with(v))
+            && self.ends_with.as_deref().is_none_or(|v| s.ends_with(v))
+            && self.contains.as_deref().is_none_or(|v| s.contains(v))
+            && self
+                .one_of
+                .as_ref()
+                .is_none_or(|vs| vs.iter().any(|v| s == &**v))
+    }
+}

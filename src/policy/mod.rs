@@ -1,0 +1,106 @@
+//! Who may reach what: the compiled per-route policy and its one pure evaluator.
+//!
+//! A route's YAML (`policy`, `allowed_*`, `allow_*`) is compiled once by [`parse`] into a
+//! [`Policy`]; every request is decided by [`eval::evaluate`], which `portcullis explain` calls
+//! too. Forwarding code accepts only a [`Permitted`], which nothing outside this module can make,
+//! so a request that was not decided cannot reach an upstream.
+
+pub mod eval;
+pub mod identity;
+pub mod parse;
+
+pub use eval::{authorize, evaluate, Decision, Facts, Outcome, Refusal};
+pub use identity::{ClaimValue, Identity};
+
+use ipnet::IpNet;
+use std::sync::Arc;
+
+use crate::config::error::Pos;
+
+/// The compiled policy of one route.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    /// True when some allow clause refers to who the user is: an anonymous request that no
+    /// rule lets through is then asked to sign in rather than refused.
+    pub wants_identity: bool,
+}
+
+/// One rule: `allow` and/or `deny`, with where it was written.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub allow: Option<Expr>,
+    pub deny: Option<Expr>,
+    pub origin: RuleOrigin,
+    /// An allow clause that mentions identity criteria never matches an anonymous request.
+    pub allow_needs_identity: bool,
+}
+
+/// Where a rule came from, for `explain` and the logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleOrigin {
+    /// The key that produced it: `policy`, `allowed_users`, `allow_public_unauthenticated_access`...
+    pub key: &'static str,
+    pub pos: Pos,
+}
+
+/// A logical expression over criteria.
+#[derive(Clone, Debug)]
+pub enum Expr {
+    /// Every request (`allow_public_unauthenticated_access`).
+    Always,
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    /// Not (all of): Pomerium's `not`.
+    Not(Vec<Expr>),
+    /// None of: Pomerium's `nor`.
+    Nor(Vec<Expr>),
+    Crit(Criterion),
+}
+
+/// One criterion, with its matcher compiled.
+#[derive(Clone, Debug)]
+pub enum Criterion {
+    AuthenticatedUser,
+    /// Compared lower-case; never satisfied by an unverified email.
+    Email(StrMatch),
+    Domain(StrMatch),
+    User(StrMatch),
+    Groups(ListMatch),
+    Claim(Arc<str>, ClaimMatch),
+    HttpMethod(Vec<http::Method>),
+    HttpPath(StrMatch),
+    SourceIp(Vec<IpNet>),
+}
+
+impl Criterion {
+    pub fn needs_identity(&self) -> bool {
+        !matches!(
+            self,
+            Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::SourceIp(_)
+        )
+    }
+}
+
+/// String matchers; several in one criterion must all hold.
+#[derive(Clone, Debug, Default)]
+pub struct StrMatch {
+    pub is: Option<Box<str>>,
+    pub starts_with: Option<Box<str>>,
+    pub ends_with: Option<Box<str>>,
+    pub contains: Option<Box<str>>,
+    pub one_of: Option<Vec<Box<str>>>,
+}
+
+/// List matcher: `has`.
+#[derive(Clone, Debug)]
+pub struct ListMatch {
+    pub has: Box<str>,
+}
+
+/// A claim is matched as a string (string matchers) or as a list (`has`).
+#[derive(Clone, Debug)]
+pub enum ClaimMatch {
+    Str(StrMatch),
+    Has(Box<str>),
+}

@@ -1,0 +1,175 @@
+//! Routes: which upstream serves a request, by host (and port) then path, first match in
+//! file order. No match is a 404; there is never a default upstream.
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::policy::Policy;
+use crate::proxy::forward::UpstreamClient;
+
+/// The `from` of a route: host, and port when one is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FromMatch {
+    pub https: bool,
+    /// Lower-case, without a trailing dot.
+    pub host: String,
+    /// When `from` names no port, any port on which Portcullis listens matches.
+    pub port: Option<u16>,
+}
+
+impl FromMatch {
+    pub fn origin_string(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match self.port {
+            Some(p) => format!("{scheme}://{}:{p}", self.host),
+            None => format!("{scheme}://{}", self.host),
+        }
+    }
+
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        self.host == host && self.port.is_none_or(|p| Some(p) == port)
+    }
+}
+
+/// How a route matches paths (already normalized, see `proxy::target`).
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Any,
+    /// `prefix: /app` matches `/app`, `/app/x` and `/apple` alike, as in Pomerium.
+    Prefix(String),
+    Exact(String),
+    /// Anchored: must match the whole path.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Any => String::new(),
+            PathMatch::Prefix(p) => format!(" prefix {p}"),
+            PathMatch::Exact(p) => format!(" path {p}"),
+            PathMatch::Regex(r) => format!(" regex {}", r.as_str()),
+        }
+    }
+}
+
+/// One upstream URL, split once.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The `to` URL's path without its trailing `/` (empty for none), put in front of the
+    /// forwarded path.
+    pub base_path: String,
+    /// The `Host` the upstream expects when `preserve_host_header` is off.
+    pub host_header: HeaderValue,
+}
+
+impl Upstream {
+    pub fn from_url(u: &url::Url) -> Result<Upstream, String> {
+        let host = u.host_str().ok_or("no host")?;
+        let authority_str = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| "not a valid host".to_string())?;
+        let scheme = if u.scheme() == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let host_header =
+            HeaderValue::from_str(&authority_str).map_err(|_| "not a valid host".to_string())?;
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path: u.path().trim_end_matches('/').to_string(),
+            host_header,
+        })
+    }
+}
+
+/// A compiled route.
+pub struct Route {
+    /// For logs and metrics (bounded: never a raw request path).
+    pub name: String,
+    pub from: FromMatch,
+    pub path: PathMatch,
+    pub upstreams: Vec<Upstream>,
+    /// Round-robin cursor over `upstreams`.
+    pub next: AtomicUsize,
+    pub prefix_rewrite: Option<String>,
+    pub preserve_host_header: bool,
+    pub allow_websockets: bool,
+    /// Time allowed until the upstream's response headers; never applied to an open WebSocket.
+    pub timeout: Option<Duration>,
+    /// A response body that sends nothing for this long is ended.
+    pub idle_timeout: Option<Duration>,
+    pub set_request_headers: Vec<(http::HeaderName, HeaderValue)>,
+    pub remove_request_headers: Vec<http::HeaderName>,
+    pub pass_identity_headers: bool,
+    /// Header name → claim name, added for signed-in users.
+    pub jwt_claims_headers: Vec<(http::HeaderName, String)>,
+    /// Every header name Portcullis may set on this route: client copies are stripped.
+    pub owned_headers: Vec<http::HeaderName>,
+    pub policy: Policy,
+    pub client: UpstreamClient,
+    /// Line of the route in the config file.
+    pub line: u32,
+}
+
+impl Route {
+    /// Upstream indexes in the order to try them: round-robin start, then the others.
+    pub fn upstream_order(&self) -> impl Iterator<Item = &Upstream> {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(move |i| &self.upstreams[(start + i) % n])
+    }
+}
+
+/// All routes, in file order.
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable { routes }
+    }
+
+    /// First route whose host (and port) and path match.
+    pub fn find(&self, host: &str, port: Option<u16>, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.from.matches(host, port) && r.path.matches(path))
+    }
+
+    /// Is any route served on this host? (Decides 404 vs 421 on SNI mismatch.)
+    pub fn has_host(&self, host: &str) -> bool {
+        self.routes.iter().any(|r| r.from.host == host)
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.routes.iter().map(|r| r.from.host.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}

@@ -1,0 +1,53 @@
+//! The running configuration: routes, policies, certificates, built completely from one
+//! config file. Requests take one snapshot (`Arc<Runtime>`) and use it throughout; a reload
+//! builds a whole new `Runtime` first and swaps it in only if everything succeeded.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, ConfigError, ConfigErrors, Env, Settings};
+use crate::route::RouteTable;
+use crate::tls::CertResolver;
+
+pub struct Runtime {
+    pub settings: Settings,
+    pub routes: RouteTable,
+    /// Certificates by SNI; `None` with `insecure_server`.
+    pub certs: Option<Arc<CertResolver>>,
+    /// Load-time warnings, logged once by whoever installs this runtime.
+    pub warnings: Vec<String>,
+}
+
+impl Runtime {
+    /// Builds everything from a compiled config.
+    pub fn build(compiled: config::Compiled, source: &str) -> Result<Runtime, ConfigErrors> {
+        let config::Compiled {
+            settings,
+            routes,
+            mut warnings,
+        } = compiled;
+        let routes = RouteTable::new(routes);
+        let certs = if settings.insecure_server {
+            None
+        } else {
+            let (resolver, w) = crate::tls::resolver(&settings, &routes.hosts()).map_err(|e| {
+                let pos = settings.certificates.first().map(|c| c.pos).unwrap_or_default();
+                ConfigErrors(vec![ConfigError::new(source, pos, format!("certificates: {e}"))])
+            })?;
+            warnings.extend(w);
+            Some(Arc::new(resolver))
+        };
+        Ok(Runtime {
+            settings,
+            routes,
+            certs,
+            warnings,
+        })
+    }
+
+    /// Reads, validates and builds the config at `path`.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Runtime, ConfigErrors> {
+        let compiled = config::load(path, env)?;
+        Runtime::build(compiled, &path.display().to_string())
+    }
+}

@@ -1,0 +1,281 @@
+//! Accept loop: TCP → (TLS, certificate by SNI) → hyper's HTTP/1.1 + HTTP/2 server with
+//! upgrades, with header-read, handshake and idle timeouts, and a bounded drain on shutdown.
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use super::DRAIN_DEADLINE;
+use crate::config::Settings;
+use crate::proxy::handle::{handle, ConnInfo, Shared};
+
+/// Request-size and timing limits for client connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub handshake_timeout: Duration,
+}
+
+impl From<&Settings> for Limits {
+    fn from(s: &Settings) -> Self {
+        Limits {
+            header_read_timeout: s.timeout_read_header,
+            idle_timeout: s.timeout_idle,
+            max_header_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves certificates from whatever runtime is current, so a reload can change them.
+#[derive(Debug)]
+pub struct LiveResolver(pub Arc<Shared>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl ResolvesServerCert for LiveResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let rt = self.0.runtime.load();
+        rt.certs.as_ref().map(|c| c.resolve_name(hello.server_name()))
+    }
+}
+
+/// Counts live connections so shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct Live(Arc<Tracker>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tracker = Arc::new(Tracker::default());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        tracker.live.fetch_add(1, Ordering::AcqRel);
+        let live = Live(tracker.clone());
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _live = live;
+            connection(tcp, peer, acceptor, shared, limits, shutdown).await;
+        });
+    }
+    drop(listener);
+    // Drain: wait for connections to finish, at most DRAIN_DEADLINE.
+    let wait = async {
+        loop {
+            let notified = tracker.idle.notified();
+            if tracker.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_DEADLINE, wait).await.is_err() {
+        tracing::warn!(
+            open = tracker.live.load(Ordering::Acquire),
+            "drain deadline passed; closing the remaining connections"
+        );
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(AtomicU64::new(now_ms()));
+    match acceptor {
+        None => {
+            let info = ConnInfo { peer, sni: None, https: false };
+            let io = IdleIo { inner: tcp, last: activity.clone() };
+            serve_http(io, info, shared, limits, shutdown, activity).await;
+        }
+        Some(acc) => {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acc.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let sni = tls
+                .get_ref()
+                .1
+                .server_name()
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+            let info = ConnInfo { peer, sni, https: true };
+            let io = IdleIo { inner: tls, last: activity.clone() };
+            serve_http(io, info, shared, limits, shutdown, activity).await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Arc<AtomicU64>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(250)
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let svc = service_fn(move |req| handle(shared.clone(), info.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let idle = limits.idle_timeout;
+    let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick), if !closing && !idle.is_zero() => {
+                let quiet = Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    // In-flight responses still finish: a graceful shutdown only stops new requests.
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Records when bytes last moved on a connection.
+struct IdleIo<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+}
+
+impl<T> IdleIo<T> {
+    fn touch(&self) {
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

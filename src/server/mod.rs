@@ -1,0 +1,90 @@
+//! Listeners: accept, TLS, HTTP/1.1 and HTTP/2, the redirect port, graceful shutdown.
+
+pub mod admin;
+pub mod listener;
+pub mod redirect;
+pub mod signals;
+
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::proxy::handle::Shared;
+use crate::runtime::Runtime;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A running server: its bound addresses and the means to stop it.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub redirect_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops accepting, lets in-flight requests finish (bounded by [`DRAIN_DEADLINE`]).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Replaces the running configuration (listener addresses stay as they are).
+    pub fn swap(&self, rt: Runtime) {
+        self.shared.runtime.store(Arc::new(rt));
+    }
+}
+
+/// Binds the listeners named in the runtime's settings and starts serving.
+pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
+    for w in &rt.warnings {
+        tracing::warn!("{w}");
+    }
+    let settings = rt.settings.clone();
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(rt),
+    });
+    let (tx, rx) = watch::channel(false);
+    let main = TcpListener::bind(settings.address).await?;
+    let addr = main.local_addr()?;
+    let mut tasks = Vec::new();
+    let tls = if settings.insecure_server {
+        None
+    } else {
+        let resolver = Arc::new(listener::LiveResolver(shared.clone()));
+        Some(crate::tls::server_config(resolver).map_err(std::io::Error::other)?)
+    };
+    tasks.push(tokio::spawn(listener::serve(
+        main,
+        tls,
+        shared.clone(),
+        listener::Limits::from(&settings),
+        rx.clone(),
+    )));
+    let mut redirect_addr = None;
+    if let Some(a) = settings.http_redirect_addr {
+        let l = TcpListener::bind(a).await?;
+        redirect_addr = Some(l.local_addr()?);
+        tasks.push(tokio::spawn(redirect::serve(l, addr.port(), shared.clone(), rx.clone())));
+    }
+    if let Some(a) = settings.metrics_address {
+        let l = TcpListener::bind(a).await?;
+        tracing::info!(addr = %l.local_addr()?, "admin listener (/healthz, /readyz)");
+        tasks.push(tokio::spawn(admin::serve(l, shared.clone(), rx.clone())));
+    }
+    tracing::info!(%addr, tls = !settings.insecure_server, redirect = ?redirect_addr, "portcullis listening");
+    Ok(Handle {
+        addr,
+        redirect_addr,
+        shared,
+        shutdown: tx,
+        tasks,
+    })
+}

@@ -1,0 +1,82 @@
+//! TLS termination: certificates chosen by SNI, HTTP/2 and HTTP/1.1 by ALPN.
+
+pub mod files;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Settings;
+
+/// Picks the certificate for a handshake: the first configured one valid for the SNI name,
+/// else the first one (clients that send no SNI, or a name no route serves).
+#[derive(Debug)]
+pub struct CertResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn resolve_name(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        name.map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .and_then(|n| self.by_name.get(&n).cloned())
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.resolve_name(hello.server_name()))
+    }
+}
+
+fn valid_for(cert: &CertificateDer<'_>, host: &str) -> bool {
+    let Ok(name) = ServerName::try_from(host) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// The certificates to serve for these settings and route hosts; the strings are warnings.
+pub fn resolver(settings: &Settings, hosts: &[String]) -> Result<(CertResolver, Vec<String>), String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut warnings = Vec::new();
+    let mut keys = Vec::new();
+    for c in &settings.certificates {
+        keys.push(files::load_pair(&c.cert, &c.key, &provider)?);
+    }
+    if keys.is_empty() {
+        warnings.push(format!(
+            "no `certificates` and no `autocert`: serving a self-signed certificate for {}; browsers will warn. Fine for a local try-out, not for real use",
+            hosts.join(", ")
+        ));
+        keys.push(files::self_signed(hosts, &provider)?);
+    }
+    let mut by_name = HashMap::new();
+    for h in hosts {
+        match keys.iter().find(|k| k.cert.first().is_some_and(|c| valid_for(c, h))) {
+            Some(k) => {
+                by_name.insert(h.clone(), k.clone());
+            }
+            None => warnings.push(format!("no certificate covers `{h}`; the first certificate will be served for it")),
+        }
+    }
+    let default = keys[0].clone();
+    Ok((CertResolver { by_name, default }, warnings))
+}
+
+/// A rustls server config over a resolver, offering h2 and http/1.1.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.send_tls13_tickets = 1;
+    Ok(Arc::new(cfg))
+}
