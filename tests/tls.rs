@@ -1,0 +1,124 @@
+//! TLS termination: certificates by SNI, ALPN, 421 on SNI/Host mismatch, the redirect port,
+//! the self-signed fallback, and https upstreams.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+fn leaf_names(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn the_certificate_is_chosen_by_sni_and_h2_and_http1_are_offered() {
+    let a = Echo::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1, _) = cert_files(dir.path(), "one", &["one.test"]);
+    let (c2, k2, _) = cert_files(dir.path(), "two", &["two.test"]);
+    let yaml = format!(
+        "address: 127.0.0.1:0\ncertificates:\n  - {{cert: {}, key: {}}}\n  - {{cert: {}, key: {}}}\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: https://two.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n",
+        c1.display(), k1.display(), c2.display(), k2.display(), a = a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let der1 = leaf_names(&tls_connect(p.addr(), "one.test", &[b"http/1.1"]).await);
+    let der2 = leaf_names(&tls_connect(p.addr(), "two.test", &[b"http/1.1"]).await);
+    assert_ne!(der1, der2);
+    assert_eq!(der1, rustls_pki_types::pem::PemObject::from_pem_file(&c1).map(|c: rustls_pki_types::CertificateDer| c.to_vec()).unwrap());
+    assert_eq!(der2, rustls_pki_types::pem::PemObject::from_pem_file(&c2).map(|c: rustls_pki_types::CertificateDer| c.to_vec()).unwrap());
+
+    let r = tls_get(p.addr(), "one.test", "one.test", "/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen().header("x-forwarded-proto"), Some("https"));
+    let (version, r) = h2_get(p.addr(), "two.test", "/h2").await;
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen().target, "/h2");
+}
+
+#[tokio::test]
+async fn a_request_for_another_host_than_the_sni_name_is_421() {
+    let a = Echo::start("a").await;
+    let yaml = format!(
+        "address: 127.0.0.1:0\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: https://two.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n",
+        a = a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    assert_eq!(tls_get(p.addr(), "one.test", "two.test", "/").await.status, 421);
+    assert_eq!(tls_get(p.addr(), "one.test", "one.test", "/").await.status, 200);
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn without_certificates_a_self_signed_one_covers_the_route_hosts() {
+    let a = Echo::start("a").await;
+    let yaml = format!(
+        "address: 127.0.0.1:0\nroutes:\n  - from: https://localhost\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let s = tls_connect(p.addr(), "localhost", &[b"http/1.1"]).await;
+    let der = rustls_pki_types::CertificateDer::from(leaf_names(&s));
+    let ee = webpki::EndEntityCert::try_from(&der).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(ee.verify_is_valid_for_subject_name(&name).is_ok());
+    assert!(p.handle.shared.runtime.load().warnings.iter().any(|w| w.contains("self-signed")));
+}
+
+#[tokio::test]
+async fn the_redirect_port_sends_route_hosts_to_https_with_path_and_query() {
+    let a = Echo::start("a").await;
+    let yaml = format!(
+        "address: 127.0.0.1:0\nhttp_redirect_addr: 127.0.0.1:0\nroutes:\n  - from: https://app.test\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let r = get(p.handle.redirect_addr.unwrap(), "app.test", "/a/b?c=d", &[]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers["location"], format!("https://app.test:{}/a/b?c=d", p.port()).as_str());
+    assert_eq!(get(p.handle.redirect_addr.unwrap(), "evil.test", "/", &[]).await.status, 404);
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_a_custom_ca_and_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = cert_files(dir.path(), "up", &["upstream.internal"]);
+    let ck = portcullis::tls::files::load_pair(&cert, &key, &rustls::crypto::aws_lc_rs::default_provider()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let scfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(ck.cert.clone(), rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap())
+        .unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let up = Echo::start_tls("tls-up", Arc::new(scfg)).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let yaml = format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+         \x20 - from: http://good.test\n    to: https://{addr}\n    tls_custom_ca: {ca}\n    tls_server_name: upstream.internal\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://wrongname.test\n    to: https://{addr}\n    tls_custom_ca: {ca}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://untrusted.test\n    to: https://{addr}\n    tls_server_name: upstream.internal\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://skip.test\n    to: https://{addr}\n    tls_skip_verify: true\n    allow_public_unauthenticated_access: true\n",
+        addr = up.addr,
+        ca = ca.display()
+    );
+    let p = Proxy::start(&yaml).await;
+    let r = get(p.addr(), "good.test", "/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen().upstream, "tls-up");
+    // The certificate names upstream.internal, not 127.0.0.1: refused.
+    assert_eq!(get(p.addr(), "wrongname.test", "/", &[]).await.status, 502);
+    // Not signed by a trusted root: refused.
+    assert_eq!(get(p.addr(), "untrusted.test", "/", &[]).await.status, 502);
+    assert_eq!(get(p.addr(), "skip.test", "/", &[]).await.status, 200);
+    assert!(p.handle.shared.runtime.load().warnings.iter().any(|w| w.contains("tls_skip_verify")));
+    let _ = Duration::ZERO;
+}
