@@ -75,13 +75,19 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Check) => {
-            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            let Some(path) = config_path(&cli.config) else {
+                return ExitCode::from(1);
+            };
             match Runtime::load(&path, &ProcessEnv) {
                 Ok(rt) => {
                     for w in &rt.warnings {
                         eprintln!("warning: {w}");
                     }
-                    println!("{}: ok ({} routes)", path.display(), rt.routes.iter().count());
+                    println!(
+                        "{}: ok ({} routes)",
+                        path.display(),
+                        rt.routes.iter().count()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(errs) => {
@@ -91,12 +97,16 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::Explain(args)) => {
-            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            let Some(path) = config_path(&cli.config) else {
+                return ExitCode::from(1);
+            };
             explain(&path, &ProcessEnv, &args)
         }
         Some(Command::Health { url }) => health(cli.config.as_deref(), url),
         None => {
-            let Some(path) = config_path(&cli.config) else { return ExitCode::from(1) };
+            let Some(path) = config_path(&cli.config) else {
+                return ExitCode::from(1);
+            };
             serve(&path)
         }
     }
@@ -113,20 +123,33 @@ fn config_path(p: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 /// Result of `explain`: the text to print and the exit code.
-pub fn explain_text(path: &Path, env: &dyn Env, args: &ExplainArgs) -> Result<(String, Outcome), String> {
+pub fn explain_text(
+    path: &Path,
+    env: &dyn Env,
+    args: &ExplainArgs,
+) -> Result<(String, Outcome), String> {
     let compiled = config::load(path, env).map_err(|e| e.to_string())?;
     let routes = crate::route::RouteTable::new(compiled.routes);
     let url = url::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
-    let host = url.host_str().ok_or("--url needs a host")?.trim_end_matches('.').to_ascii_lowercase();
-    let target_path = crate::proxy::target::normalize_path(url.path()).map_err(|e| format!("--url: {e} (Portcullis answers 400)"))?;
-    let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("--method: `{}` is not an HTTP method", args.method))?;
+    let host = url
+        .host_str()
+        .ok_or("--url needs a host")?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let target_path = crate::proxy::target::normalize_path(url.path())
+        .map_err(|e| format!("--url: {e} (Portcullis answers 400)"))?;
+    let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("--method: `{}` is not an HTTP method", args.method))?;
     let identity = match &args.email {
         None => None,
         Some(e) => {
-            let email = normalize_email(e).ok_or_else(|| format!("--email: `{e}` is not a plain email address"))?;
+            let email = normalize_email(e)
+                .ok_or_else(|| format!("--email: `{e}` is not a plain email address"))?;
             let mut claims = std::collections::BTreeMap::new();
             for c in &args.claim {
-                let (k, v) = c.split_once('=').ok_or_else(|| format!("--claim: `{c}` is not name=value"))?;
+                let (k, v) = c
+                    .split_once('=')
+                    .ok_or_else(|| format!("--claim: `{c}` is not name=value"))?;
                 let v = if v.contains(',') {
                     ClaimValue::List(v.split(',').map(str::to_string).collect())
                 } else {
@@ -145,17 +168,36 @@ pub fn explain_text(path: &Path, env: &dyn Env, args: &ExplainArgs) -> Result<(S
         }
     };
     let Some(route) = routes.find(&host, url.port(), &target_path) else {
-        return Ok((format!("deny\tno route matches {host}{target_path}: Portcullis answers 404"), Outcome::Deny));
+        return Ok((
+            format!("deny\tno route matches {host}{target_path}: Portcullis answers 404"),
+            Outcome::Deny,
+        ));
     };
-    let facts = Facts { method: &method, path: &target_path, ip: args.ip };
+    let facts = Facts {
+        method: &method,
+        path: &target_path,
+        ip: args.ip,
+    };
     let d = policy::evaluate(&route.policy, identity.as_deref(), &facts);
-    let word = if d.outcome == Outcome::Allow { "allow" } else { "deny" };
+    let word = if d.outcome == Outcome::Allow {
+        "allow"
+    } else {
+        "deny"
+    };
     let rule = match d.rule {
-        Some(r) => format!("{} at {}:{}:{}", r.key, path.display(), r.pos.line, r.pos.col),
+        Some(r) => format!(
+            "{} at {}:{}:{}",
+            r.key,
+            path.display(),
+            r.pos.line,
+            r.pos.col
+        ),
         None => "no rule".to_string(),
     };
     let note = match d.outcome {
-        Outcome::Unauthenticated => " (anonymous: a browser is sent to sign in, other clients get 401)",
+        Outcome::Unauthenticated => {
+            " (anonymous: a browser is sent to sign in, other clients get 401)"
+        }
         Outcome::Deny => " (403)",
         Outcome::Allow => "",
     };
@@ -211,7 +253,10 @@ fn health(config: Option<&Path>, url: Option<String>) -> ExitCode {
             }
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -237,8 +282,14 @@ pub fn init_logging(settings: Option<&config::Settings>) {
     let level = settings.map_or("info", |s| s.log_level.as_str());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = settings.is_some_and(|s| s.log_format == config::LogFormat::Json);
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 fn serve(path: &Path) -> ExitCode {
@@ -251,7 +302,10 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     init_logging(Some(&rt.settings));
-    let tokio_rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let tokio_rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

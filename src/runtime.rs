@@ -31,8 +31,16 @@ impl Runtime {
             None
         } else {
             let (resolver, w) = crate::tls::resolver(&settings, &routes.hosts()).map_err(|e| {
-                let pos = settings.certificates.first().map(|c| c.pos).unwrap_or_default();
-                ConfigErrors(vec![ConfigError::new(source, pos, format!("certificates: {e}"))])
+                let pos = settings
+                    .certificates
+                    .first()
+                    .map(|c| c.pos)
+                    .unwrap_or_default();
+                ConfigErrors(vec![ConfigError::new(
+                    source,
+                    pos,
+                    format!("certificates: {e}"),
+                )])
             })?;
             warnings.extend(w);
             Some(Arc::new(resolver))

@@ -45,46 +45,159 @@ routes:
 fn check_accepts_a_good_config_and_prints_positioned_errors_for_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), POLICY);
-    let out = bin().args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let bad = write(dir.path(), "insecure_server: true\nroutes:\n  - from: https://a\n    to: http://b\n    timeout: forever\n    allowed_grups: [x]\n");
-    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(&format!("{}:6:5: unknown field `allowed_grups`", bad.display())), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "{}:6:5: unknown field `allowed_grups`",
+            bad.display()
+        )),
+        "{text}"
+    );
 }
 
 fn explain(cfg: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = bin().args(["explain", "--config"]).arg(cfg).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn explain_prints_the_decision_first_and_exits_0_2_or_1() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(dir.path(), POLICY);
-    let (code, out) = explain(&cfg, &["--url", "https://app.example.com/x", "--email", "Bob@Example.com"]);
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/x",
+            "--email",
+            "Bob@Example.com",
+        ],
+    );
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("allow"), "{out}");
-    assert!(out.contains(&format!("{}:6:9", cfg.display())), "the deciding rule's position: {out}");
-    let (code, out) = explain(&cfg, &["--url", "https://app.example.com/admin/x", "--email", "bob@example.com"]);
-    assert_eq!((code, out.split_whitespace().next()), (Some(2), Some("deny")), "{out}");
-    let (code, _) = explain(&cfg, &["--url", "https://app.example.com/admin/x", "--email", "bob@example.com", "--groups", "staff,admins"]);
+    assert!(
+        out.contains(&format!("{}:6:9", cfg.display())),
+        "the deciding rule's position: {out}"
+    );
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/admin/x",
+            "--email",
+            "bob@example.com",
+        ],
+    );
+    assert_eq!(
+        (code, out.split_whitespace().next()),
+        (Some(2), Some("deny")),
+        "{out}"
+    );
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/admin/x",
+            "--email",
+            "bob@example.com",
+            "--groups",
+            "staff,admins",
+        ],
+    );
     assert_eq!(code, Some(0));
     let (code, out) = explain(&cfg, &["--url", "https://app.example.com/x"]);
     assert_eq!(code, Some(2));
     assert!(out.contains("sign in"), "{out}");
-    let (code, _) = explain(&cfg, &["--url", "https://app.example.com/x", "--email", "bob@example.com", "--unverified"]);
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/x",
+            "--email",
+            "bob@example.com",
+            "--unverified",
+        ],
+    );
     assert_eq!(code, Some(2));
-    let (code, _) = explain(&cfg, &["--url", "https://office.example.com/", "--email", "x@y.z", "--ip", "10.1.2.3"]);
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://office.example.com/",
+            "--email",
+            "x@y.z",
+            "--ip",
+            "10.1.2.3",
+        ],
+    );
     assert_eq!(code, Some(0));
-    let (code, _) = explain(&cfg, &["--url", "https://office.example.com/", "--email", "x@y.z", "--ip", "192.0.2.1"]);
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://office.example.com/",
+            "--email",
+            "x@y.z",
+            "--ip",
+            "192.0.2.1",
+        ],
+    );
     assert_eq!(code, Some(2));
-    let (code, _) = explain(&cfg, &["--url", "https://app.example.com/x", "--email", "eve@evil.test@example.com"]);
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/x",
+            "--email",
+            "eve@evil.test@example.com",
+        ],
+    );
     assert_eq!(code, Some(1));
-    let (code, _) = explain(&cfg, &["--url", "https://app.example.com/a%2fb", "--email", "bob@example.com"]);
+    let (code, _) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://app.example.com/a%2fb",
+            "--email",
+            "bob@example.com",
+        ],
+    );
     assert_eq!(code, Some(1));
-    let (code, out) = explain(&cfg, &["--url", "https://nothing.example.com/", "--email", "bob@example.com"]);
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://nothing.example.com/",
+            "--email",
+            "bob@example.com",
+        ],
+    );
     assert_eq!(code, Some(2));
     assert!(out.contains("404"), "{out}");
 }
@@ -95,7 +208,9 @@ fn secret_prints_32_random_bytes_in_base64() {
     let a = bin().arg("secret").output().unwrap();
     let b = bin().arg("secret").output().unwrap();
     let a = String::from_utf8(a.stdout).unwrap();
-    let key = base64::engine::general_purpose::STANDARD.decode(a.trim()).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(a.trim())
+        .unwrap();
     assert_eq!(key.len(), 32);
     assert_ne!(a, String::from_utf8(b.stdout).unwrap());
 }
@@ -103,7 +218,10 @@ fn secret_prints_32_random_bytes_in_base64() {
 #[test]
 fn a_bad_config_at_start_exits_1_with_the_position() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "insecure_server: true\nroutes:\n  - from: https://a\n    to: gopher://b\n");
+    let cfg = write(
+        dir.path(),
+        "insecure_server: true\nroutes:\n  - from: https://a\n    to: gopher://b\n",
+    );
     let out = bin().arg("--config").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}:4:9:", cfg.display())));
@@ -112,26 +230,63 @@ fn a_bad_config_at_start_exits_1_with_the_position() {
 #[test]
 fn sigterm_drains_and_exits_0_and_health_probes_readyz() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = write(
         dir.path(),
         &format!("address: 127.0.0.1:{port}\nmetrics_address: 127.0.0.1:{admin}\ninsecure_server: true\nroutes:\n  - from: http://a\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n"),
     );
-    let mut child = bin().arg("--config").arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "server did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let health = bin().args(["health", "--config"]).arg(&cfg).status().unwrap();
+    let health = bin()
+        .args(["health", "--config"])
+        .arg(&cfg)
+        .status()
+        .unwrap();
     assert_eq!(health.code(), Some(0));
     let url = format!("http://127.0.0.1:{admin}/nothing");
-    assert_eq!(bin().args(["health", "--url", &url]).status().unwrap().code(), Some(1));
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(
+        bin()
+            .args(["health", "--url", &url])
+            .status()
+            .unwrap()
+            .code(),
+        Some(1)
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let dead = format!("http://127.0.0.1:{admin}/readyz");
-    assert_eq!(bin().args(["health", "--url", &dead]).status().unwrap().code(), Some(1));
+    assert_eq!(
+        bin()
+            .args(["health", "--url", &dead])
+            .status()
+            .unwrap()
+            .code(),
+        Some(1)
+    );
 }

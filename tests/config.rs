@@ -15,7 +15,8 @@ fn errors_env(yaml: &str, env: MapEnv) -> Vec<String> {
 }
 
 fn ok(yaml: &str) -> config::Compiled {
-    config::load_str(yaml, "config.yaml", Path::new("."), &MapEnv::default()).unwrap_or_else(|e| panic!("{e}"))
+    config::load_str(yaml, "config.yaml", Path::new("."), &MapEnv::default())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 const HEAD: &str = "insecure_server: true\nroutes:\n";
@@ -23,58 +24,163 @@ const HEAD: &str = "insecure_server: true\nroutes:\n";
 fn assert_error(yaml: &str, at: &str, text: &str) {
     let errs = errors(yaml);
     assert!(
-        errs.iter().any(|e| e.starts_with(&format!("config.yaml:{at}: ")) && e.contains(text)),
+        errs.iter()
+            .any(|e| e.starts_with(&format!("config.yaml:{at}: ")) && e.contains(text)),
         "wanted `config.yaml:{at}: …{text}…`, got {errs:#?}"
     );
 }
 
 #[test]
 fn unknown_keys_are_errors_with_their_position() {
-    assert_error("insecure_server: true\nbogus: 1\nroutes: []\n", "2:1", "unknown field `bogus`");
-    assert_error(&format!("{HEAD}  - from: http://a\n    to: http://b\n    alow_websockets: true\n"), "5:5", "unknown field `alow_websockets`");
-    assert_error("certificates:\n  - cert: a\n    key: b\n    chain: c\nroutes: []\n", "4:5", "unknown field `chain`");
+    assert_error(
+        "insecure_server: true\nbogus: 1\nroutes: []\n",
+        "2:1",
+        "unknown field `bogus`",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: http://a\n    to: http://b\n    alow_websockets: true\n"),
+        "5:5",
+        "unknown field `alow_websockets`",
+    );
+    assert_error(
+        "certificates:\n  - cert: a\n    key: b\n    chain: c\nroutes: []\n",
+        "4:5",
+        "unknown field `chain`",
+    );
 }
 
 #[test]
 fn syntax_and_type_errors_have_positions() {
     assert_error("routes:\n  - from: x\n    to: [a, b\n", "3:9", "unclosed");
     assert_error("insecure_server: maybe\nroutes: []\n", "1:18", "boolean");
-    assert_error(&format!("{HEAD}  - to: http://b\n"), "3:5", "missing field `from`");
+    assert_error(
+        &format!("{HEAD}  - to: http://b\n"),
+        "3:5",
+        "missing field `from`",
+    );
     assert_error("address: a\naddress: b\nroutes: []\n", "2:1", "duplicate");
 }
 
 #[test]
 fn semantic_errors_point_at_the_value() {
-    let r = |extra: &str| format!("{HEAD}  - from: http://app.test\n    to: http://up:1\n    allow_public_unauthenticated_access: true\n{extra}");
-    assert_error(&format!("{HEAD}  - from: not a url\n    to: http://b\n"), "3:11", "from: `not a url` is not a URL");
-    assert_error(&format!("{HEAD}  - from: ftp://a\n    to: http://b\n"), "3:11", "scheme `ftp`");
-    assert_error(&format!("{HEAD}  - from: https://a/path\n    to: http://b\n"), "3:11", "only scheme, host and port");
-    assert_error(&format!("{HEAD}  - from: https://a\n    to: ftp://b\n"), "4:9", "upstreams are http:// or https://");
-    assert_error(&format!("{HEAD}  - from: https://a\n    to: [http://b, 'file:///etc']\n"), "4:9", "file:///etc");
-    assert_error(&format!("{HEAD}  - from: https://a\n    to: http://b\n    prefix: /a\n    path: /b\n"), "3:5", "at most one of `prefix`, `path` and `regex`");
+    let r = |extra: &str| {
+        format!("{HEAD}  - from: http://app.test\n    to: http://up:1\n    allow_public_unauthenticated_access: true\n{extra}")
+    };
+    assert_error(
+        &format!("{HEAD}  - from: not a url\n    to: http://b\n"),
+        "3:11",
+        "from: `not a url` is not a URL",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: ftp://a\n    to: http://b\n"),
+        "3:11",
+        "scheme `ftp`",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: https://a/path\n    to: http://b\n"),
+        "3:11",
+        "only scheme, host and port",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: https://a\n    to: ftp://b\n"),
+        "4:9",
+        "upstreams are http:// or https://",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: https://a\n    to: [http://b, 'file:///etc']\n"),
+        "4:9",
+        "file:///etc",
+    );
+    assert_error(
+        &format!("{HEAD}  - from: https://a\n    to: http://b\n    prefix: /a\n    path: /b\n"),
+        "3:5",
+        "at most one of `prefix`, `path` and `regex`",
+    );
     assert_error(&r("    timeout: 30\n"), "6:14", "needs a unit");
     assert_error(&r("    regex: '(['\n"), "6:12", "regex");
     assert_error(&r("    prefix_rewrite: x\n"), "6:21", "must start with `/`");
-    assert_error(&format!("{HEAD}  - from: https://a\n    to: http://b\n    prefix: /a/../b\n"), "5:13", "canonical form");
-    assert_error(&r("    set_request_headers:\n      'bad header': x\n"), "7:7", "not a valid header name");
-    assert_error(&r("    tls_custom_ca: /nonexistent/ca.pem\n"), "6:20", "cannot read");
-    assert_error("insecure_server: true\ncookie_secret: c2hvcnQ=\nroutes: []\n", "2:16", "portcullis secret");
-    assert_error("address: nowhere\nroutes: []\n", "1:10", "not a listen address");
-    assert_error("insecure_server: true\nlog_format: xml\nroutes: []\n", "2:13", "pretty or json");
+    assert_error(
+        &format!("{HEAD}  - from: https://a\n    to: http://b\n    prefix: /a/../b\n"),
+        "5:13",
+        "canonical form",
+    );
+    assert_error(
+        &r("    set_request_headers:\n      'bad header': x\n"),
+        "7:7",
+        "not a valid header name",
+    );
+    assert_error(
+        &r("    tls_custom_ca: /nonexistent/ca.pem\n"),
+        "6:20",
+        "cannot read",
+    );
+    assert_error(
+        "insecure_server: true\ncookie_secret: c2hvcnQ=\nroutes: []\n",
+        "2:16",
+        "portcullis secret",
+    );
+    assert_error(
+        "address: nowhere\nroutes: []\n",
+        "1:10",
+        "not a listen address",
+    );
+    assert_error(
+        "insecure_server: true\nlog_format: xml\nroutes: []\n",
+        "2:13",
+        "pretty or json",
+    );
 }
 
 #[test]
 fn policy_mistakes_are_config_errors() {
-    let p = |policy: &str| format!("{HEAD}  - from: https://a\n    to: http://b\n    policy:\n{policy}");
-    assert_error(&p("      - allow:\n          or:\n            - emial: { is: a@b.c }\n"), "8:15", "unknown criterion `emial`");
-    assert_error(&p("      - allow:\n          or:\n            - email: { has: a@b.c }\n"), "8:24", "`has` is not a matcher for `email`");
-    assert_error(&p("      - allow:\n          or:\n            - groups: { is: admins }\n"), "8:25", "`is` is not a matcher for `groups`");
-    assert_error(&p("      - allow:\n          or:\n            - source_ip: { is: 10.0.0.300/8 }\n"), "8:32", "not an IP address or CIDR");
-    assert_error(&p("      - allow:\n          or: []\n"), "7:11", "empty list");
-    assert_error(&p("      - allow:\n          xor:\n            - email: { is: a@b.c }\n"), "7:11", "unknown logical operator `xor`");
-    assert_error(&p("      - permit:\n          or:\n            - email: { is: a@b.c }\n"), "6:9", "unknown policy action `permit`");
-    assert_error(&p("      - allow:\n          or:\n            - authenticated_user: false\n"), "8:35", "takes `true`");
-    assert_error(&p("      - allow:\n          or:\n            - http_method: { is: 'GE T' }\n"), "8:34", "not an HTTP method");
+    let p = |policy: &str| {
+        format!("{HEAD}  - from: https://a\n    to: http://b\n    policy:\n{policy}")
+    };
+    assert_error(
+        &p("      - allow:\n          or:\n            - emial: { is: a@b.c }\n"),
+        "8:15",
+        "unknown criterion `emial`",
+    );
+    assert_error(
+        &p("      - allow:\n          or:\n            - email: { has: a@b.c }\n"),
+        "8:24",
+        "`has` is not a matcher for `email`",
+    );
+    assert_error(
+        &p("      - allow:\n          or:\n            - groups: { is: admins }\n"),
+        "8:25",
+        "`is` is not a matcher for `groups`",
+    );
+    assert_error(
+        &p("      - allow:\n          or:\n            - source_ip: { is: 10.0.0.300/8 }\n"),
+        "8:32",
+        "not an IP address or CIDR",
+    );
+    assert_error(
+        &p("      - allow:\n          or: []\n"),
+        "7:11",
+        "empty list",
+    );
+    assert_error(
+        &p("      - allow:\n          xor:\n            - email: { is: a@b.c }\n"),
+        "7:11",
+        "unknown logical operator `xor`",
+    );
+    assert_error(
+        &p("      - permit:\n          or:\n            - email: { is: a@b.c }\n"),
+        "6:9",
+        "unknown policy action `permit`",
+    );
+    assert_error(
+        &p("      - allow:\n          or:\n            - authenticated_user: false\n"),
+        "8:35",
+        "takes `true`",
+    );
+    assert_error(
+        &p("      - allow:\n          or:\n            - http_method: { is: 'GE T' }\n"),
+        "8:34",
+        "not an HTTP method",
+    );
     assert_error(
         &format!("{HEAD}  - from: https://a\n    to: http://b\n    allow_public_unauthenticated_access: true\n    allowed_users: [a@b.c]\n"),
         "5:42",
@@ -92,19 +198,30 @@ fn every_error_in_a_file_is_reported_at_once() {
 fn environment_overrides_top_level_keys_and_names_itself_in_errors() {
     let yaml = format!("{HEAD}  - from: http://a\n    to: http://b\n    allow_public_unauthenticated_access: true\n");
     let mut env = MapEnv::default();
-    env.0.insert("PORTCULLIS_ADDRESS".into(), "127.0.0.1:9999".into());
+    env.0
+        .insert("PORTCULLIS_ADDRESS".into(), "127.0.0.1:9999".into());
     env.0.insert("PORTCULLIS_TIMEOUT_IDLE".into(), "7s".into());
     let c = config::load_str(&yaml, "config.yaml", Path::new("."), &env).unwrap();
     assert_eq!(c.settings.address.to_string(), "127.0.0.1:9999");
     assert_eq!(c.settings.timeout_idle.as_secs(), 7);
     let mut bad = MapEnv::default();
-    bad.0.insert("PORTCULLIS_TIMEOUT_IDLE".into(), "soon".into());
+    bad.0
+        .insert("PORTCULLIS_TIMEOUT_IDLE".into(), "soon".into());
     let errs = errors_env(&yaml, bad);
-    assert!(errs.iter().any(|e| e.starts_with("env PORTCULLIS_TIMEOUT_IDLE: ")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("env PORTCULLIS_TIMEOUT_IDLE: ")),
+        "{errs:?}"
+    );
     let mut bad = MapEnv::default();
-    bad.0.insert("PORTCULLIS_INSECURE_SERVER".into(), "perhaps".into());
+    bad.0
+        .insert("PORTCULLIS_INSECURE_SERVER".into(), "perhaps".into());
     let errs = errors_env(&yaml, bad);
-    assert!(errs.iter().any(|e| e.starts_with("env PORTCULLIS_INSECURE_SERVER")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("env PORTCULLIS_INSECURE_SERVER")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -113,10 +230,22 @@ fn secrets_come_inline_or_from_their_file_twin() {
     let key = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
     std::fs::write(dir.path().join("cookie.key"), format!("{key}\n")).unwrap();
     let base = "insecure_server: true\nroutes:\n  - from: http://a\n    to: http://b\n    allow_public_unauthenticated_access: true\n";
-    let c = config::load_str(&format!("cookie_secret_file: cookie.key\n{base}"), "config.yaml", dir.path(), &MapEnv::default()).unwrap();
+    let c = config::load_str(
+        &format!("cookie_secret_file: cookie.key\n{base}"),
+        "config.yaml",
+        dir.path(),
+        &MapEnv::default(),
+    )
+    .unwrap();
     assert!(c.settings.cookie.secret.is_some());
-    let errs = errors(&format!("cookie_secret: {key}\ncookie_secret_file: x\n{base}"));
-    assert!(errs.iter().any(|e| e.contains("either cookie_secret or cookie_secret_file")), "{errs:?}");
+    let errs = errors(&format!(
+        "cookie_secret: {key}\ncookie_secret_file: x\n{base}"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("either cookie_secret or cookie_secret_file")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -135,8 +264,12 @@ fn defaults_are_as_documented() {
 fn the_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
     let mut env = MapEnv::default();
-    env.0.insert("PORTCULLIS_COOKIE_SECRET".into(), "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=".into());
-    env.0.insert("PORTCULLIS_IDP_CLIENT_SECRET".into(), "x".into());
+    env.0.insert(
+        "PORTCULLIS_COOKIE_SECRET".into(),
+        "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=".into(),
+    );
+    env.0
+        .insert("PORTCULLIS_IDP_CLIENT_SECRET".into(), "x".into());
     if let Err(e) = config::load(&path, &env) {
         panic!("config.example.yaml:\n{e}");
     }

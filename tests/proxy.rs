@@ -13,7 +13,10 @@ fn public_route(from: &str, to: &str) -> String {
 }
 
 async fn proxy_with(routes: &str) -> Proxy {
-    Proxy::start(&format!("address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n{routes}")).await
+    Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n{routes}"
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -29,10 +32,31 @@ async fn routes_match_host_then_path_first_match_in_file_order() {
         public_route("http://other.test", &c.url()),
     );
     let p = proxy_with(&routes).await;
-    assert_eq!(get(p.addr(), "app.test", "/api/x", &[]).await.seen().upstream, "b");
-    assert_eq!(get(p.addr(), "app.test", "/web", &[]).await.seen().upstream, "a");
-    assert_eq!(get(p.addr(), "APP.test.", "/web", &[]).await.seen().upstream, "a");
-    assert_eq!(get(p.addr(), "other.test", "/api/x", &[]).await.seen().upstream, "c");
+    assert_eq!(
+        get(p.addr(), "app.test", "/api/x", &[])
+            .await
+            .seen()
+            .upstream,
+        "b"
+    );
+    assert_eq!(
+        get(p.addr(), "app.test", "/web", &[]).await.seen().upstream,
+        "a"
+    );
+    assert_eq!(
+        get(p.addr(), "APP.test.", "/web", &[])
+            .await
+            .seen()
+            .upstream,
+        "a"
+    );
+    assert_eq!(
+        get(p.addr(), "other.test", "/api/x", &[])
+            .await
+            .seen()
+            .upstream,
+        "c"
+    );
 }
 
 #[tokio::test]
@@ -41,7 +65,10 @@ async fn no_matching_route_is_404_and_never_a_default_upstream() {
     let routes = format!("  - from: http://app.test\n    path: /only\n    to: {}\n    allow_public_unauthenticated_access: true\n", a.url());
     let p = proxy_with(&routes).await;
     assert_eq!(get(p.addr(), "app.test", "/other", &[]).await.status, 404);
-    assert_eq!(get(p.addr(), "unknown.test", "/only", &[]).await.status, 404);
+    assert_eq!(
+        get(p.addr(), "unknown.test", "/only", &[]).await.status,
+        404
+    );
     assert_eq!(get(p.addr(), "app.test", "/only", &[]).await.status, 200);
     assert_eq!(a.hits(), 1);
 }
@@ -61,7 +88,11 @@ async fn a_protected_route_never_reaches_its_upstream_without_a_decision() {
     assert!(r.text().contains("unauthenticated"));
     // A route with no policy at all lets nobody through.
     assert_eq!(get(p.addr(), "nobody.test", "/", &[]).await.status, 403);
-    assert!(ws_connect(p.addr(), "app.test", "/", &[("origin", "http://app.test")]).await.is_err());
+    assert!(
+        ws_connect(p.addr(), "app.test", "/", &[("origin", "http://app.test")])
+            .await
+            .is_err()
+    );
     assert_eq!(a.hits(), 0);
 }
 
@@ -101,8 +132,18 @@ async fn forwarding_context_is_set_by_the_proxy_and_client_claims_are_dropped() 
     assert_eq!(s.all("x-forwarded-proto"), vec!["http"]);
     assert_eq!(s.all("x-forwarded-host"), vec!["app.test"]);
     for gone in [
-        "forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-user",
-        "x_forwarded_user", "x-portcullis-jwt-assertion", "x-original-url", "x-drop-me", "keep-alive", "te", "upgrade",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-user",
+        "x_forwarded_user",
+        "x-portcullis-jwt-assertion",
+        "x-original-url",
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "upgrade",
     ] {
         assert_eq!(s.header(gone), None, "{gone} reached the upstream");
     }
@@ -125,14 +166,39 @@ async fn the_path_the_route_decides_on_is_the_path_forwarded() {
     );
     let p = proxy_with(&routes).await;
     // `/public/../admin` is `/admin`: not the public route, and nobody may pass there.
-    assert_eq!(get(p.addr(), "app.test", "/public/../admin", &[]).await.status, 403);
-    assert_eq!(get(p.addr(), "app.test", "/public/%2e%2e/admin", &[]).await.status, 403);
+    assert_eq!(
+        get(p.addr(), "app.test", "/public/../admin", &[])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        get(p.addr(), "app.test", "/public/%2e%2e/admin", &[])
+            .await
+            .status,
+        403
+    );
     let r = get(p.addr(), "app.test", "/public//a/./b/../c", &[]).await;
     assert_eq!(r.seen().target, "/public/a/c");
-    for bad in ["/public/a%2fb", "/public/a%5Cb", "/public/a%00", "/public/..;/admin", "/public/%c0%ae"] {
-        assert_eq!(get(p.addr(), "app.test", bad, &[]).await.status, 400, "{bad}");
+    for bad in [
+        "/public/a%2fb",
+        "/public/a%5Cb",
+        "/public/a%00",
+        "/public/..;/admin",
+        "/public/%c0%ae",
+    ] {
+        assert_eq!(
+            get(p.addr(), "app.test", bad, &[]).await.status,
+            400,
+            "{bad}"
+        );
     }
-    let raw_bs = raw(p.addr(), b"GET /public\\..\\admin HTTP/1.1\r\nHost: app.test\r\n\r\n", Duration::from_secs(2)).await;
+    let raw_bs = raw(
+        p.addr(),
+        b"GET /public\\..\\admin HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(raw_bs.starts_with("HTTP/1.1 400"), "{raw_bs}");
     assert_eq!(b.hits(), 0);
 }
@@ -141,15 +207,40 @@ async fn the_path_the_route_decides_on_is_the_path_forwarded() {
 async fn request_targets_other_than_origin_form_for_this_host_are_refused() {
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
-    let abs_other = raw(p.addr(), b"GET http://evil.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n", Duration::from_secs(2)).await;
+    let abs_other = raw(
+        p.addr(),
+        b"GET http://evil.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(abs_other.starts_with("HTTP/1.1 400"), "{abs_other}");
-    let abs_same = raw(p.addr(), b"GET http://app.test/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", Duration::from_secs(2)).await;
+    let abs_same = raw(
+        p.addr(),
+        b"GET http://app.test/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(abs_same.starts_with("HTTP/1.1 200"), "{abs_same}");
-    let two_hosts = raw(p.addr(), b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: evil.test\r\n\r\n", Duration::from_secs(2)).await;
+    let two_hosts = raw(
+        p.addr(),
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: evil.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
-    let star = raw(p.addr(), b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", Duration::from_secs(2)).await;
+    let star = raw(
+        p.addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(star.starts_with("HTTP/1.1 204"), "{star}");
-    let connect = raw(p.addr(), b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n", Duration::from_secs(2)).await;
+    let connect = raw(
+        p.addr(),
+        b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(connect.starts_with("HTTP/1.1 4"), "{connect}");
     assert_eq!(a.hits(), 1);
 }
@@ -164,7 +255,14 @@ async fn prefix_rewrite_preserve_host_and_header_edits_apply() {
         a = a.url()
     );
     let p = proxy_with(&routes).await;
-    let s = get(p.addr(), "app.test", "/app/x/y?q", &[("x-secret", "1"), ("x-route", "client")]).await.seen();
+    let s = get(
+        p.addr(),
+        "app.test",
+        "/app/x/y?q",
+        &[("x-secret", "1"), ("x-route", "client")],
+    )
+    .await
+    .seen();
     assert_eq!(s.target, "/x/y?q");
     assert_eq!(s.all("x-route"), vec!["app"]);
     assert_eq!(s.header("x-secret"), None);
@@ -177,7 +275,10 @@ async fn prefix_rewrite_preserve_host_and_header_edits_apply() {
 #[tokio::test]
 async fn a_down_upstream_is_502_and_a_slow_one_504_and_others_are_unaffected() {
     let a = Echo::start("a").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let routes = format!(
         "  - from: http://down.test\n    to: http://{dead}\n    allow_public_unauthenticated_access: true\n\
          \x20\x20- from: http://slow.test\n    to: {a}\n    timeout: 300ms\n    allow_public_unauthenticated_access: true\n\
@@ -189,8 +290,14 @@ async fn a_down_upstream_is_502_and_a_slow_one_504_and_others_are_unaffected() {
     let r = get(p.addr(), "down.test", "/", &[]).await;
     assert_eq!(r.status, 502);
     assert!(r.text().contains("not answering"));
-    assert_eq!(get(p.addr(), "slow.test", "/slow/2000", &[]).await.status, 504);
-    assert_eq!(get(p.addr(), "slow.test", "/slow/10", &[]).await.status, 200);
+    assert_eq!(
+        get(p.addr(), "slow.test", "/slow/2000", &[]).await.status,
+        504
+    );
+    assert_eq!(
+        get(p.addr(), "slow.test", "/slow/10", &[]).await.status,
+        200
+    );
     assert_eq!(get(p.addr(), "app.test", "/", &[]).await.status, 200);
 }
 
@@ -198,7 +305,10 @@ async fn a_down_upstream_is_502_and_a_slow_one_504_and_others_are_unaffected() {
 async fn several_upstreams_are_balanced_and_a_refused_one_fails_over() {
     let a = Echo::start("a").await;
     let b = Echo::start("b").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let routes = format!(
         "  - from: http://app.test\n    to: [{}, {}]\n    allow_public_unauthenticated_access: true\n\
          \x20\x20- from: http://fo.test\n    to: [http://{dead}, {}]\n    allow_public_unauthenticated_access: true\n",
@@ -215,7 +325,10 @@ async fn several_upstreams_are_balanced_and_a_refused_one_fails_over() {
     assert_eq!(names, vec!["a", "a", "b", "b"]);
     for _ in 0..3 {
         // POST with a body: the body was not read when the refused connection failed.
-        let req = Request::post("/upload").header("host", "fo.test").body(Full::new(Bytes::from_static(b"hello"))).unwrap();
+        let req = Request::post("/upload")
+            .header("host", "fo.test")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
         let r = send(p.addr(), req).await;
         assert_eq!(r.status, 200);
         let s = r.seen();
@@ -230,15 +343,27 @@ async fn bodies_stream_both_ways_without_being_buffered_whole() {
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
     // Response: the first chunk arrives while the upstream is still waiting to send the second.
     let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("/stream").header("host", "app.test").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("/stream")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let mut body = s.send_request(req).await.unwrap().into_body();
-    let first = tokio::time::timeout(Duration::from_millis(1000), body.frame()).await.expect("first chunk was held back").unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(1000), body.frame())
+        .await
+        .expect("first chunk was held back")
+        .unwrap()
+        .unwrap();
     assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first;"));
     // Request: a 4 MiB upload passes through intact.
     let big = Bytes::from(vec![b'x'; 4 << 20]);
-    let req = Request::post("/up").header("host", "app.test").body(Full::new(big)).unwrap();
+    let req = Request::post("/up")
+        .header("host", "app.test")
+        .body(Full::new(big))
+        .unwrap();
     assert_eq!(send(p.addr(), req).await.seen().body_len, 4 << 20);
 }
 
@@ -254,20 +379,73 @@ async fn websocket_upgrades_are_relayed_only_where_allowed_and_from_the_same_ori
     let port = p.port();
     let own = format!("http://ws.test:{port}");
     // Same origin (Host as sent is ws.test without a port here, so the origin has none).
-    let mut ws = ws_connect(p.addr(), "ws.test", "/socket", &[("origin", "http://ws.test")]).await.expect("upgrade refused");
-    assert_eq!(ws_roundtrip(&mut ws, "hello").await.as_deref(), Some("hello"));
+    let mut ws = ws_connect(
+        p.addr(),
+        "ws.test",
+        "/socket",
+        &[("origin", "http://ws.test")],
+    )
+    .await
+    .expect("upgrade refused");
+    assert_eq!(
+        ws_roundtrip(&mut ws, "hello").await.as_deref(),
+        Some("hello")
+    );
     // Idle longer than the route's timeout: a WebSocket is never cut by it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(ws_roundtrip(&mut ws, "still here").await.as_deref(), Some("still here"));
+    assert_eq!(
+        ws_roundtrip(&mut ws, "still here").await.as_deref(),
+        Some("still here")
+    );
     let hits = a.hits();
-    assert_eq!(ws_connect(p.addr(), "ws.test", "/socket", &[("origin", "http://evil.test")]).await.err(), Some(403));
-    assert_eq!(ws_connect(p.addr(), "ws.test", "/socket", &[("origin", &own)]).await.err(), Some(403));
-    assert_eq!(ws_connect(p.addr(), "ws.test", "/socket", &[]).await.err(), Some(403));
-    assert_eq!(ws_connect(p.addr(), "ws.test", "/socket", &[("origin", "https://ws.test")]).await.err(), Some(403));
-    assert_eq!(ws_connect(p.addr(), "plain.test", "/socket", &[("origin", "http://plain.test")]).await.err(), Some(403));
+    assert_eq!(
+        ws_connect(
+            p.addr(),
+            "ws.test",
+            "/socket",
+            &[("origin", "http://evil.test")]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(p.addr(), "ws.test", "/socket", &[("origin", &own)])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(p.addr(), "ws.test", "/socket", &[]).await.err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(
+            p.addr(),
+            "ws.test",
+            "/socket",
+            &[("origin", "https://ws.test")]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(
+            p.addr(),
+            "plain.test",
+            "/socket",
+            &[("origin", "http://plain.test")]
+        )
+        .await
+        .err(),
+        Some(403)
+    );
     assert_eq!(a.hits(), hits, "a refused upgrade reached the upstream");
     let with_port = format!("ws.test:{port}");
-    let mut ws2 = ws_connect(p.addr(), &with_port, "/s", &[("origin", &own)]).await.expect("origin with port refused");
+    let mut ws2 = ws_connect(p.addr(), &with_port, "/s", &[("origin", &own)])
+        .await
+        .expect("origin with port refused");
     assert_eq!(ws_roundtrip(&mut ws2, "x").await.as_deref(), Some("x"));
 }
 
@@ -279,13 +457,28 @@ async fn oversized_and_slow_headers_are_cut_off_and_others_keep_being_served() {
         public_route("http://app.test", &a.url())
     ))
     .await;
-    let huge = format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let r = raw(p.addr(), huge.as_bytes(), Duration::from_secs(3)).await;
-    assert!(r.starts_with("HTTP/1.1 431") || r.is_empty(), "{}", &r[..r.len().min(200)]);
+    assert!(
+        r.starts_with("HTTP/1.1 431") || r.is_empty(),
+        "{}",
+        &r[..r.len().min(200)]
+    );
     // Slowloris: half a request line, then nothing: closed after the header timeout.
     let started = std::time::Instant::now();
-    let slow = raw(p.addr(), b"GET / HTTP/1.1\r\nHost: app", Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "slow client held the connection");
+    let slow = raw(
+        p.addr(),
+        b"GET / HTTP/1.1\r\nHost: app",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "slow client held the connection"
+    );
     assert!(!slow.contains("200 OK"));
     assert_eq!(get(p.addr(), "app.test", "/", &[]).await.status, 200);
     assert_eq!(a.hits(), 1);
@@ -300,9 +493,17 @@ async fn an_idle_keep_alive_connection_is_closed() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let r = raw(p.addr(), b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", Duration::from_secs(5)).await;
+    let r = raw(
+        p.addr(),
+        b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 200"));
-    assert!(started.elapsed() < Duration::from_secs(3), "idle connection stayed open");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "idle connection stayed open"
+    );
 }
 
 #[tokio::test]
@@ -310,14 +511,18 @@ async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() {
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
     let addr = p.addr();
-    let in_flight = tokio::spawn(async move { get(addr, "app.test", "/slow/800", &[]).await.status });
+    let in_flight =
+        tokio::spawn(async move { get(addr, "app.test", "/slow/800", &[]).await.status });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let Proxy { handle, dir, .. } = p;
     let started = std::time::Instant::now();
     handle.shutdown().await;
     assert_eq!(in_flight.await.unwrap(), 200);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
     drop(dir);
 }
 
@@ -332,8 +537,40 @@ async fn request_smuggling_shapes_are_refused_before_the_upstream() {
     assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
     assert!(!r.contains("smuggled"), "{r}");
     assert_eq!(a.hits(), 1);
-    let dup_cl = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde";
+    let dup_cl =
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde";
     let r = raw(p.addr(), dup_cl, Duration::from_secs(2)).await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_response_body_idle_past_idle_timeout_is_ended() {
+    use http_body_util::BodyExt;
+    let a = Echo::start("a").await;
+    let routes = format!(
+        "  - from: http://app.test\n    to: {}\n    idle_timeout: 300ms\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    );
+    let p = proxy_with(&routes).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/stream")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = s.send_request(req).await.unwrap().into_body();
+    // The upstream pauses 1.5 s between its two chunks: the stream is cut after 300 ms.
+    let all = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("stream was not cut");
+    let all = all.map(|c| c.to_bytes());
+    assert!(
+        all.is_err(),
+        "the idle stream completed instead of being ended: {all:?}"
+    );
+    assert_eq!(get(p.addr(), "app.test", "/x", &[]).await.status, 200);
 }

@@ -27,8 +27,18 @@ async fn the_certificate_is_chosen_by_sni_and_h2_and_http1_are_offered() {
     let der1 = leaf_names(&tls_connect(p.addr(), "one.test", &[b"http/1.1"]).await);
     let der2 = leaf_names(&tls_connect(p.addr(), "two.test", &[b"http/1.1"]).await);
     assert_ne!(der1, der2);
-    assert_eq!(der1, rustls_pki_types::pem::PemObject::from_pem_file(&c1).map(|c: rustls_pki_types::CertificateDer| c.to_vec()).unwrap());
-    assert_eq!(der2, rustls_pki_types::pem::PemObject::from_pem_file(&c2).map(|c: rustls_pki_types::CertificateDer| c.to_vec()).unwrap());
+    assert_eq!(
+        der1,
+        rustls_pki_types::pem::PemObject::from_pem_file(&c1)
+            .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+            .unwrap()
+    );
+    assert_eq!(
+        der2,
+        rustls_pki_types::pem::PemObject::from_pem_file(&c2)
+            .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+            .unwrap()
+    );
 
     let r = tls_get(p.addr(), "one.test", "one.test", "/x").await;
     assert_eq!(r.status, 200);
@@ -49,8 +59,14 @@ async fn a_request_for_another_host_than_the_sni_name_is_421() {
         a = a.url()
     );
     let p = Proxy::start(&yaml).await;
-    assert_eq!(tls_get(p.addr(), "one.test", "two.test", "/").await.status, 421);
-    assert_eq!(tls_get(p.addr(), "one.test", "one.test", "/").await.status, 200);
+    assert_eq!(
+        tls_get(p.addr(), "one.test", "two.test", "/").await.status,
+        421
+    );
+    assert_eq!(
+        tls_get(p.addr(), "one.test", "one.test", "/").await.status,
+        200
+    );
     assert_eq!(a.hits(), 1);
 }
 
@@ -67,7 +83,14 @@ async fn without_certificates_a_self_signed_one_covers_the_route_hosts() {
     let ee = webpki::EndEntityCert::try_from(&der).unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     assert!(ee.verify_is_valid_for_subject_name(&name).is_ok());
-    assert!(p.handle.shared.runtime.load().warnings.iter().any(|w| w.contains("self-signed")));
+    assert!(p
+        .handle
+        .shared
+        .runtime
+        .load()
+        .warnings
+        .iter()
+        .any(|w| w.contains("self-signed")));
 }
 
 #[tokio::test]
@@ -80,8 +103,16 @@ async fn the_redirect_port_sends_route_hosts_to_https_with_path_and_query() {
     let p = Proxy::start(&yaml).await;
     let r = get(p.handle.redirect_addr.unwrap(), "app.test", "/a/b?c=d", &[]).await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.headers["location"], format!("https://app.test:{}/a/b?c=d", p.port()).as_str());
-    assert_eq!(get(p.handle.redirect_addr.unwrap(), "evil.test", "/", &[]).await.status, 404);
+    assert_eq!(
+        r.headers["location"],
+        format!("https://app.test:{}/a/b?c=d", p.port()).as_str()
+    );
+    assert_eq!(
+        get(p.handle.redirect_addr.unwrap(), "evil.test", "/", &[])
+            .await
+            .status,
+        404
+    );
     assert_eq!(a.hits(), 0);
 }
 
@@ -89,13 +120,21 @@ async fn the_redirect_port_sends_route_hosts_to_https_with_path_and_query() {
 async fn https_upstreams_are_verified_against_a_custom_ca_and_server_name() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, pem) = cert_files(dir.path(), "up", &["upstream.internal"]);
-    let ck = portcullis::tls::files::load_pair(&cert, &key, &rustls::crypto::aws_lc_rs::default_provider()).unwrap();
+    let ck = portcullis::tls::files::load_pair(
+        &cert,
+        &key,
+        &rustls::crypto::aws_lc_rs::default_provider(),
+    )
+    .unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let scfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(ck.cert.clone(), rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap())
+        .with_single_cert(
+            ck.cert.clone(),
+            rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
         .unwrap();
     use rustls_pki_types::pem::PemObject;
     let up = Echo::start_tls("tls-up", Arc::new(scfg)).await;
@@ -119,6 +158,13 @@ async fn https_upstreams_are_verified_against_a_custom_ca_and_server_name() {
     // Not signed by a trusted root: refused.
     assert_eq!(get(p.addr(), "untrusted.test", "/", &[]).await.status, 502);
     assert_eq!(get(p.addr(), "skip.test", "/", &[]).await.status, 200);
-    assert!(p.handle.shared.runtime.load().warnings.iter().any(|w| w.contains("tls_skip_verify")));
+    assert!(p
+        .handle
+        .shared
+        .runtime
+        .load()
+        .warnings
+        .iter()
+        .any(|w| w.contains("tls_skip_verify")));
     let _ = Duration::ZERO;
 }

@@ -140,10 +140,12 @@ pub fn compile(
     let settings = settings(&raw, &mut cx);
     let mut routes = Vec::new();
     match &raw.routes {
-        None => cx.errs.at(Pos::default(), "no `routes`: nothing would be served"),
-        Some(list) if list.is_empty() => {
-            cx.errs.at(Pos::default(), "`routes` is empty: nothing would be served")
-        }
+        None => cx
+            .errs
+            .at(Pos::default(), "no `routes`: nothing would be served"),
+        Some(list) if list.is_empty() => cx
+            .errs
+            .at(Pos::default(), "`routes` is empty: nothing would be served"),
         Some(list) => {
             for r in list {
                 if let Some(route) = route(&r.value, pos(r), &raw, &mut cx) {
@@ -152,9 +154,7 @@ pub fn compile(
             }
         }
     }
-    let Ctx {
-        errs, warnings, ..
-    } = cx;
+    let Ctx { errs, warnings, .. } = cx;
     errs.finish(Compiled {
         settings,
         routes,
@@ -204,7 +204,11 @@ fn secret(
 ) -> Option<(String, Pos)> {
     match (inline, file) {
         (Some(a), Some(_)) => {
-            cx.top(key, pos(a), format!("set either {key} or {key}_file, not both"));
+            cx.top(
+                key,
+                pos(a),
+                format!("set either {key} or {key}_file, not both"),
+            );
             None
         }
         (Some(a), None) => Some((a.value.trim().to_string(), pos(a))),
@@ -223,7 +227,9 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         .address
         .as_ref()
         .and_then(|a| socket_addr(cx, "address", a))
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], if insecure_server { 80 } else { 443 })));
+        .unwrap_or_else(|| {
+            SocketAddr::from(([0, 0, 0, 0], if insecure_server { 80 } else { 443 }))
+        });
     let http_redirect_addr = raw
         .http_redirect_addr
         .as_ref()
@@ -288,12 +294,29 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
             .cookie_name
             .as_ref()
             .map_or_else(|| "_portcullis".to_string(), |s| s.value.clone()),
-        expire: dur(cx, "cookie_expire", raw.cookie_expire.as_ref(), Duration::from_secs(14 * 3600)),
-        domain: raw.cookie_domain.as_ref().map(|s| s.value.to_ascii_lowercase()),
+        expire: dur(
+            cx,
+            "cookie_expire",
+            raw.cookie_expire.as_ref(),
+            Duration::from_secs(14 * 3600),
+        ),
+        domain: raw
+            .cookie_domain
+            .as_ref()
+            .map(|s| s.value.to_ascii_lowercase()),
     };
     if let Some(n) = raw.cookie_name.as_ref() {
-        if n.value.is_empty() || !n.value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            cx.top("cookie_name", pos(n), "cookie_name may use letters, digits, `_` and `-` only");
+        if n.value.is_empty()
+            || !n
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            cx.top(
+                "cookie_name",
+                pos(n),
+                "cookie_name may use letters, digits, `_` and `-` only",
+            );
         }
     }
 
@@ -310,7 +333,11 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         Some("json") => LogFormat::Json,
         Some(other) => {
             if let Some(p) = raw.log_format.as_ref() {
-                cx.top("log_format", pos(p), format!("log_format: `{other}` (use pretty or json)"));
+                cx.top(
+                    "log_format",
+                    pos(p),
+                    format!("log_format: `{other}` (use pretty or json)"),
+                );
             }
             LogFormat::Pretty
         }
@@ -321,7 +348,11 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         .map_or_else(|| "info".to_string(), |s| s.value.to_ascii_lowercase());
     if let Some(l) = raw.log_level.as_ref() {
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            cx.top("log_level", pos(l), "log_level: use error, warn, info, debug or trace");
+            cx.top(
+                "log_level",
+                pos(l),
+                "log_level: use error, warn, info, debug or trace",
+            );
         }
     }
     Settings {
@@ -336,8 +367,18 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         metrics_address,
         log_level,
         log_format,
-        timeout_read_header: dur(cx, "timeout_read_header", raw.timeout_read_header.as_ref(), Duration::from_secs(10)),
-        timeout_idle: dur(cx, "timeout_idle", raw.timeout_idle.as_ref(), Duration::from_secs(300)),
+        timeout_read_header: dur(
+            cx,
+            "timeout_read_header",
+            raw.timeout_read_header.as_ref(),
+            Duration::from_secs(10),
+        ),
+        timeout_idle: dur(
+            cx,
+            "timeout_idle",
+            raw.timeout_idle.as_ref(),
+            Duration::from_secs(300),
+        ),
         data_dir: raw
             .data_dir
             .as_ref()
@@ -350,12 +391,20 @@ fn idp_settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<IdpSettings> {
     let provider_url = match url::Url::parse(&url.value) {
         Ok(u) if u.scheme() == "https" || u.scheme() == "http" => u,
         _ => {
-            cx.top("idp_provider_url", pos(url), "idp_provider_url must be an http(s) URL (the issuer)");
+            cx.top(
+                "idp_provider_url",
+                pos(url),
+                "idp_provider_url must be an http(s) URL (the issuer)",
+            );
             return None;
         }
     };
     let Some(client_id) = raw.idp_client_id.as_ref() else {
-        cx.top("idp_provider_url", pos(url), "idp_provider_url is set but idp_client_id is missing");
+        cx.top(
+            "idp_provider_url",
+            pos(url),
+            "idp_provider_url is set but idp_client_id is missing",
+        );
         return None;
     };
     let client_secret = secret(
@@ -371,7 +420,11 @@ fn idp_settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<IdpSettings> {
         client_id: client_id.value.clone(),
         client_secret,
         scopes: raw.idp_scopes.as_ref().map_or_else(
-            || ["openid", "email", "profile", "offline_access"].map(String::from).to_vec(),
+            || {
+                ["openid", "email", "profile", "offline_access"]
+                    .map(String::from)
+                    .to_vec()
+            },
             |s| s.value.clone(),
         ),
         groups_claim: raw
@@ -390,18 +443,15 @@ fn header_pairs(
     for (k, v) in &map.value {
         match HeaderName::from_bytes(k.as_bytes()) {
             Ok(h) => out.push((h, v.clone())),
-            Err(_) => cx.errs.at(pos(map), format!("{key}: `{k}` is not a valid header name")),
+            Err(_) => cx
+                .errs
+                .at(pos(map), format!("{key}: `{k}` is not a valid header name")),
         }
     }
     out
 }
 
-fn route(
-    r: &RawRoute,
-    rpos: Pos,
-    raw: &RawConfig,
-    cx: &mut Ctx<'_>,
-) -> Option<Route> {
+fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<Route> {
     let before = cx.errs.list.len();
     let from = from_url(cx, &r.from);
     let upstreams = to_urls(cx, r);
@@ -411,7 +461,10 @@ fn route(
         .filter(|m| m.is_some())
         .count();
     if matchers > 1 {
-        cx.errs.at(rpos, "a route takes at most one of `prefix`, `path` and `regex`");
+        cx.errs.at(
+            rpos,
+            "a route takes at most one of `prefix`, `path` and `regex`",
+        );
     }
     let path = if let Some(p) = &r.prefix {
         canonical_path(cx, "prefix", p).map(PathMatch::Prefix)
@@ -460,7 +513,10 @@ fn route(
         match rustls_pki_types::ServerName::try_from(n.value.clone()) {
             Ok(sn) => Some(sn),
             Err(_) => {
-                cx.errs.at(pos(n), format!("tls_server_name: `{}` is not a host name", n.value));
+                cx.errs.at(
+                    pos(n),
+                    format!("tls_server_name: `{}` is not a host name", n.value),
+                );
                 None
             }
         }
@@ -471,7 +527,12 @@ fn route(
         for (name, value) in header_pairs(cx, "set_request_headers", m) {
             match HeaderValue::from_str(&value) {
                 Ok(v) => set_request_headers.push((name, v)),
-                Err(_) => cx.errs.at(pos(m), format!("set_request_headers: the value of `{name}` is not a valid header value")),
+                Err(_) => cx.errs.at(
+                    pos(m),
+                    format!(
+                        "set_request_headers: the value of `{name}` is not a valid header value"
+                    ),
+                ),
             }
         }
     }
@@ -480,7 +541,10 @@ fn route(
         for n in &list.value {
             match HeaderName::from_bytes(n.as_bytes()) {
                 Ok(h) => remove_request_headers.push(h),
-                Err(_) => cx.errs.at(pos(list), format!("remove_request_headers: `{n}` is not a valid header name")),
+                Err(_) => cx.errs.at(
+                    pos(list),
+                    format!("remove_request_headers: `{n}` is not a valid header name"),
+                ),
             }
         }
     }
@@ -500,8 +564,14 @@ fn route(
 
         allowed_domains: as_list(&r.allowed_domains),
         allowed_groups: as_list(&r.allowed_groups),
-        public: r.allow_public_unauthenticated_access.as_ref().map(|b| (b.value, pos(b))),
-        any_authenticated: r.allow_any_authenticated_user.as_ref().map(|b| (b.value, pos(b))),
+        public: r
+            .allow_public_unauthenticated_access
+            .as_ref()
+            .map(|b| (b.value, pos(b))),
+        any_authenticated: r
+            .allow_any_authenticated_user
+            .as_ref()
+            .map(|b| (b.value, pos(b))),
     };
     let policy = compile_policy(&input, &mut cx.errs);
 
@@ -512,7 +582,8 @@ fn route(
     }) {
         Ok(c) => Some(c),
         Err(e) => {
-            cx.errs.at(rpos, format!("cannot set up TLS to the upstream: {e}"));
+            cx.errs
+                .at(rpos, format!("cannot set up TLS to the upstream: {e}"));
             None
         }
     };
@@ -550,7 +621,13 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
     let u = match url::Url::parse(&v.value) {
         Ok(u) => u,
         Err(e) => {
-            cx.errs.at(pos(v), format!("from: `{}` is not a URL ({e}); write it as https://host.example.com", v.value));
+            cx.errs.at(
+                pos(v),
+                format!(
+                    "from: `{}` is not a URL ({e}); write it as https://host.example.com",
+                    v.value
+                ),
+            );
             return None;
         }
     };
@@ -558,7 +635,10 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
         "https" => true,
         "http" => false,
         s => {
-            cx.errs.at(pos(v), format!("from: scheme `{s}` is not served; use https://"));
+            cx.errs.at(
+                pos(v),
+                format!("from: scheme `{s}` is not served; use https://"),
+            );
             return None;
         }
     };
@@ -567,11 +647,15 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
         return None;
     };
     if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
-        cx.errs.at(pos(v), "from: only scheme, host and port; match paths with `prefix`, `path` or `regex`");
+        cx.errs.at(
+            pos(v),
+            "from: only scheme, host and port; match paths with `prefix`, `path` or `regex`",
+        );
         return None;
     }
     if !u.username().is_empty() || u.password().is_some() {
-        cx.errs.at(pos(v), "from: must not carry a user name or password");
+        cx.errs
+            .at(pos(v), "from: must not carry a user name or password");
         return None;
     }
     Some(FromMatch {
@@ -592,16 +676,27 @@ fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
         let u = match url::Url::parse(&s) {
             Ok(u) => u,
             Err(e) => {
-                cx.errs.at(pos(&r.to), format!("to: `{s}` is not a URL ({e})"));
+                cx.errs
+                    .at(pos(&r.to), format!("to: `{s}` is not a URL ({e})"));
                 continue;
             }
         };
         if u.scheme() != "http" && u.scheme() != "https" {
-            cx.errs.at(pos(&r.to), format!("to: `{s}`: upstreams are http:// or https://"));
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: upstreams are http:// or https://"),
+            );
             continue;
         }
-        if u.host_str().is_none_or(str::is_empty) || u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
-            cx.errs.at(pos(&r.to), format!("to: `{s}`: needs a host, and no query, fragment or user name"));
+        if u.host_str().is_none_or(str::is_empty)
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+        {
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: needs a host, and no query, fragment or user name"),
+            );
             continue;
         }
         match Upstream::from_url(&u) {
@@ -618,7 +713,10 @@ fn canonical_path(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<St
     match crate::proxy::target::normalize_path(&v.value) {
         Ok(p) if p == v.value => Some(p),
         Ok(p) => {
-            cx.errs.at(pos(v), format!("{key}: `{}` is not in canonical form; write `{p}`", v.value));
+            cx.errs.at(
+                pos(v),
+                format!("{key}: `{}` is not in canonical form; write `{p}`", v.value),
+            );
             None
         }
         Err(e) => {

@@ -42,7 +42,11 @@ impl fmt::Display for ConfigError {
         if self.pos.line == 0 {
             write!(f, "{}: {}", self.source, self.msg)
         } else {
-            write!(f, "{}:{}:{}: {}", self.source, self.pos.line, self.pos.col, self.msg)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.source, self.pos.line, self.pos.col, self.msg
+            )
         }
     }
 }

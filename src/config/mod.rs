@@ -46,7 +46,12 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
 
 /// Parses and compiles config text; `source` names it in errors, relative file paths in it
 /// are taken from `base`.
-pub fn load_str(text: &str, source: &str, base: &Path, env: &dyn Env) -> Result<Compiled, ConfigErrors> {
+pub fn load_str(
+    text: &str,
+    source: &str,
+    base: &Path,
+    env: &dyn Env,
+) -> Result<Compiled, ConfigErrors> {
     let mut raw: raw::RawConfig = if text.trim().is_empty() {
         raw::RawConfig::default()
     } else {

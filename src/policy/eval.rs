@@ -41,7 +41,8 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
                     return Decision {
                         outcome: Outcome::Unauthenticated,
                         rule: Some(&rule.origin),
-                        reason: "a deny rule matched an anonymous request; signing in may change that",
+                        reason:
+                            "a deny rule matched an anonymous request; signing in may change that",
                     };
                 }
                 return Decision {
@@ -85,6 +86,9 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
 
 /// Proof that the policy let this request through. Only [`authorize`] makes one, and the
 /// forwarding code takes nothing else: a request without a decision cannot be proxied.
+// A private field, not `#[non_exhaustive]`: that attribute would still let any module of
+// this crate build one, and the point is that only this module can.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Debug)]
 pub struct Permitted {
     pub identity: Option<Arc<Identity>>,
@@ -141,9 +145,9 @@ fn eval_criterion(c: &Criterion, id: Option<&Identity>, f: &Facts<'_>) -> bool {
     match c {
         Criterion::HttpMethod(methods) => methods.iter().any(|m| m == f.method),
         Criterion::HttpPath(m) => m.matches(f.path),
-        Criterion::SourceIp(nets) => f
-            .ip
-            .is_some_and(|ip| nets.iter().any(|n| n.contains(&canonical_ip(ip)))),
+        Criterion::SourceIp(nets) => {
+            f.ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&canonical_ip(ip))))
+        }
         _ => {
             let Some(id) = id else { return false };
             match c {
@@ -157,7 +161,9 @@ fn eval_criterion(c: &Criterion, id: Option<&Identity>, f: &Facts<'_>) -> bool {
                     (Some(ClaimValue::Str(s)), ClaimMatch::Has(v)) => **s == **v,
                     (Some(ClaimValue::Str(s)), ClaimMatch::Str(m)) => m.matches(s),
                     (Some(ClaimValue::List(l)), ClaimMatch::Has(v)) => l.iter().any(|s| **s == **v),
-                    (Some(ClaimValue::List(l)), ClaimMatch::Str(m)) => l.iter().any(|s| m.matches(s)),
+                    (Some(ClaimValue::List(l)), ClaimMatch::Str(m)) => {
+                        l.iter().any(|s| m.matches(s))
+                    }
                 },
                 _ => false,
             }

@@ -57,7 +57,9 @@ pub fn compile(input: &PolicyInput<'_>, errs: &mut Errors<'_>) -> Policy {
         let mut any = Vec::new();
         for u in users {
             // Pomerium matches allowed_users against the email or the user id.
-            any.push(Expr::Crit(Criterion::Email(StrMatch::is(&u.to_lowercase()))));
+            any.push(Expr::Crit(Criterion::Email(StrMatch::is(
+                &u.to_lowercase(),
+            ))));
             any.push(Expr::Crit(Criterion::User(StrMatch::is(u))));
         }
         push_list_rule(&mut rules, any, "allowed_users", pos, errs);
@@ -68,14 +70,20 @@ pub fn compile(input: &PolicyInput<'_>, errs: &mut Errors<'_>) -> Policy {
             if d.contains('@') || d.is_empty() {
                 errs.at(pos, format!("allowed_domains: `{d}` is not a domain"));
             }
-            any.push(Expr::Crit(Criterion::Domain(StrMatch::is(&d.to_lowercase()))));
+            any.push(Expr::Crit(Criterion::Domain(StrMatch::is(
+                &d.to_lowercase(),
+            ))));
         }
         push_list_rule(&mut rules, any, "allowed_domains", pos, errs);
     }
     if let Some((groups, pos)) = input.allowed_groups {
         let any = groups
             .iter()
-            .map(|g| Expr::Crit(Criterion::Groups(ListMatch { has: g.as_str().into() })))
+            .map(|g| {
+                Expr::Crit(Criterion::Groups(ListMatch {
+                    has: g.as_str().into(),
+                }))
+            })
             .collect();
         push_list_rule(&mut rules, any, "allowed_groups", pos, errs);
     }
@@ -105,7 +113,9 @@ pub fn compile(input: &PolicyInput<'_>, errs: &mut Errors<'_>) -> Policy {
             ),
         }
     }
-    let wants_identity = rules.iter().any(|r| r.allow.is_some() && r.allow_needs_identity);
+    let wants_identity = rules
+        .iter()
+        .any(|r| r.allow.is_some() && r.allow_needs_identity);
     Policy {
         rules,
         wants_identity,
@@ -138,7 +148,10 @@ fn push_list_rule(
     errs: &mut Errors<'_>,
 ) {
     if any.is_empty() {
-        errs.at(pos, format!("{key} is empty: list at least one value or remove the key"));
+        errs.at(
+            pos,
+            format!("{key} is empty: list at least one value or remove the key"),
+        );
         return;
     }
     rules.push(shorthand_rule(Expr::Or(any), key, pos));
@@ -158,7 +171,10 @@ fn rule(node: &Node, errs: &mut Errors<'_>) -> Option<Rule> {
     let NodeKind::Map(entries) = &node.kind else {
         errs.at(
             node.pos,
-            format!("a policy rule is a mapping with `allow` and/or `deny`, not {}", node.describe()),
+            format!(
+                "a policy rule is a mapping with `allow` and/or `deny`, not {}",
+                node.describe()
+            ),
         );
         return None;
     };
@@ -194,7 +210,10 @@ fn body(node: &Node, errs: &mut Errors<'_>) -> Option<Expr> {
     let NodeKind::Map(entries) = &node.kind else {
         errs.at(
             node.pos,
-            format!("expected a logical operator (and, or, not, nor), not {}", node.describe()),
+            format!(
+                "expected a logical operator (and, or, not, nor), not {}",
+                node.describe()
+            ),
         );
         return None;
     };
@@ -237,7 +256,10 @@ fn operator(key: &str, kpos: Pos, value: &Node, errs: &mut Errors<'_>) -> Option
         return Some(None);
     };
     if items.is_empty() {
-        errs.at(kpos, format!("`{key}` has an empty list: give at least one criterion"));
+        errs.at(
+            kpos,
+            format!("`{key}` has an empty list: give at least one criterion"),
+        );
         return Some(None);
     }
     let mut list = Vec::with_capacity(items.len());
@@ -254,7 +276,10 @@ fn item_expr(node: &Node, errs: &mut Errors<'_>) -> Option<Expr> {
     let NodeKind::Map(entries) = &node.kind else {
         errs.at(
             node.pos,
-            format!("expected a criterion such as `email: {{ is: ... }}`, not {}", node.describe()),
+            format!(
+                "expected a criterion such as `email: {{ is: ... }}`, not {}",
+                node.describe()
+            ),
         );
         return None;
     };
@@ -341,7 +366,10 @@ fn criterion(key: &str, kpos: Pos, value: &Node, errs: &mut Errors<'_>) -> Optio
             Some(Criterion::Claim(Arc::from(name), m))
         }
         other => {
-            errs.at(kpos, format!("unknown criterion `{other}` (expected one of: {CRITERIA})"));
+            errs.at(
+                kpos,
+                format!("unknown criterion `{other}` (expected one of: {CRITERIA})"),
+            );
             None
         }
     }
@@ -365,7 +393,10 @@ fn matchers<'n>(
     let NodeKind::Map(entries) = &value.kind else {
         errs.at(
             value.pos,
-            format!("`{key}` takes matchers ({hint}), such as `{key}: {{ {}: ... }}`", allowed[0]),
+            format!(
+                "`{key}` takes matchers ({hint}), such as `{key}: {{ {}: ... }}`",
+                allowed[0]
+            ),
         );
         return None;
     };
@@ -393,7 +424,10 @@ fn single_string<'n>(key: &str, m: &str, node: &'n Node, errs: &mut Errors<'_>) 
     match &node.kind {
         NodeKind::Str(s) if !s.is_empty() => Some(s),
         _ => {
-            errs.at(node.pos, format!("`{key}: {{ {m}: ... }}` takes a non-empty string"));
+            errs.at(
+                node.pos,
+                format!("`{key}: {{ {m}: ... }}` takes a non-empty string"),
+            );
             None
         }
     }
@@ -410,7 +444,10 @@ fn strings<'n>(key: &str, m: &str, node: &'n Node, errs: &mut Errors<'_>) -> Opt
             errs.at(node.pos, format!("`{key}: {{ in: [] }}` is empty"));
             return None;
         }
-        items.iter().map(|i| single_string(key, m, i, errs)).collect()
+        items
+            .iter()
+            .map(|i| single_string(key, m, i, errs))
+            .collect()
     } else {
         single_string(key, m, node, errs).map(|s| vec![s])
     }

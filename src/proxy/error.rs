@@ -77,7 +77,9 @@ impl ProxyError {
                 format!("You are signed in as {w}, and this account may not open this page.")
             }
             ProxyError::Forbidden { who: None, .. } => "Access to this page is not allowed.".into(),
-            ProxyError::WebSocketNotAllowed => "WebSocket connections are not allowed on this route.".into(),
+            ProxyError::WebSocketNotAllowed => {
+                "WebSocket connections are not allowed on this route.".into()
+            }
             ProxyError::OriginNotAllowed => {
                 "This WebSocket was opened from another site, so it is refused.".into()
             }
@@ -85,7 +87,8 @@ impl ProxyError {
                 "The sign-in service cannot be reached right now. Try again in a moment.".into()
             }
             ProxyError::UpstreamUnavailable => {
-                "The application behind this address is not answering. Try again in a moment.".into()
+                "The application behind this address is not answering. Try again in a moment."
+                    .into()
             }
             ProxyError::UpstreamTimeout => "The application took too long to answer.".into(),
         }
@@ -154,8 +157,14 @@ pub fn security_headers(h: &mut http::HeaderMap) {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 #[cfg(test)]
@@ -171,7 +180,13 @@ mod tests {
             (ProxyError::Misdirected, 421),
             (ProxyError::MethodNotAllowed, 405),
             (ProxyError::Unauthenticated, 401),
-            (ProxyError::Forbidden { who: None, reason: String::new() }, 403),
+            (
+                ProxyError::Forbidden {
+                    who: None,
+                    reason: String::new(),
+                },
+                403,
+            ),
             (ProxyError::WebSocketNotAllowed, 403),
             (ProxyError::OriginNotAllowed, 403),
             (ProxyError::IdpUnavailable, 503),
@@ -185,11 +200,21 @@ mod tests {
 
     #[test]
     fn pages_escape_and_carry_security_headers() {
-        let r = ProxyError::Forbidden { who: Some("<script>@x".into()), reason: String::new() }.into_response(false);
+        let r = ProxyError::Forbidden {
+            who: Some("<script>@x".into()),
+            reason: String::new(),
+        }
+        .into_response(false);
         assert_eq!(r.headers()["x-frame-options"], "DENY");
         assert_eq!(r.headers()["cache-control"], "no-store");
-        assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        assert!(r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
         assert!(!r.headers().contains_key("access-control-allow-origin"));
-        assert_eq!(html_escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+        assert_eq!(
+            html_escape("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
     }
 }

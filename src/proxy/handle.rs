@@ -59,7 +59,10 @@ pub async fn handle(
     let resp = match inner(&rt, &conn, req, &mut log).await {
         Ok(r) => r,
         Err(e) => {
-            if matches!(e, ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout) {
+            if matches!(
+                e,
+                ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout
+            ) {
                 tracing::debug!(code = e.code(), "upstream error page");
             }
             e.into_response(json)
@@ -88,7 +91,9 @@ fn wants_json(h: &http::HeaderMap) -> bool {
 
 /// Paths Portcullis answers itself on every route host; never forwarded.
 fn is_own_path(path: &str) -> bool {
-    path == "/.portcullis" || path.starts_with("/.portcullis/") || path.starts_with("/.well-known/portcullis/")
+    path == "/.portcullis"
+        || path.starts_with("/.portcullis/")
+        || path.starts_with("/.well-known/portcullis/")
 }
 
 async fn inner(
@@ -103,16 +108,24 @@ async fn inner(
     if req.uri().path() == "*" && req.uri().authority().is_none() {
         if req.method() == Method::OPTIONS {
             let mut r = page(StatusCode::NO_CONTENT, "text/plain", String::new());
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
             return Ok(r);
         }
-        return Err(ProxyError::BadRequest("`*` is only a target for OPTIONS".into()));
+        return Err(ProxyError::BadRequest(
+            "`*` is only a target for OPTIONS".into(),
+        ));
     }
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest("both Transfer-Encoding and Content-Length".into()));
+        return Err(ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length".into(),
+        ));
     }
-    let target = target::parse(req.method(), req.uri(), h).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let target = target::parse(req.method(), req.uri(), h)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     log.host.clone_from(&target.host);
     log.path.clone_from(&target.path);
     if let Some(sni) = &conn.sni {
@@ -147,7 +160,9 @@ async fn inner(
             log.decision = "unauthenticated";
             return Err(ProxyError::Unauthenticated);
         }
-        Err(Refusal::Denied { identity, reason, .. }) => {
+        Err(Refusal::Denied {
+            identity, reason, ..
+        }) => {
             log.decision = "deny";
             return Err(ProxyError::Forbidden {
                 who: identity.and_then(|i| i.email.clone()),
@@ -163,7 +178,8 @@ async fn inner(
     let path = rewrite(route, &target.path);
     let pq = target.path_and_query(&path);
     let host_header = if route.preserve_host_header {
-        HeaderValue::from_str(&target.authority).map_err(|_| ProxyError::BadRequest("malformed Host".into()))?
+        HeaderValue::from_str(&target.authority)
+            .map_err(|_| ProxyError::BadRequest("malformed Host".into()))?
     } else {
         route.upstreams[0].host_header.clone()
     };
@@ -181,7 +197,11 @@ async fn inner(
             set: &route.set_request_headers,
         },
     );
-    let body = if websocket { UpBody::empty() } else { UpBody::new(body) };
+    let body = if websocket {
+        UpBody::empty()
+    } else {
+        UpBody::new(body)
+    };
     let mut resp = forward::send(route, &permitted, parts, &pq, body).await?;
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -191,11 +211,19 @@ async fn inner(
             return Err(ProxyError::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(websocket::splice(client_upgrade, upstream_upgrade, route.name.clone()));
+        tokio::spawn(websocket::splice(
+            client_upgrade,
+            upstream_upgrade,
+            route.name.clone(),
+        ));
     }
     let (mut rparts, rbody) = resp.into_parts();
     headers::response_headers(&mut rparts.headers, upgraded);
-    Ok(Response::from_parts(rparts, rbody.map_err(Into::into).boxed()))
+    let body = match route.idle_timeout {
+        Some(idle) if !upgraded => forward::IdleBody::new(rbody, idle).boxed(),
+        _ => rbody.map_err(Into::into).boxed(),
+    };
+    Ok(Response::from_parts(rparts, body))
 }
 
 /// Applies `prefix_rewrite`: the matched prefix (or `/`) is replaced.

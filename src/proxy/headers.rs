@@ -165,7 +165,11 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
     if !s.split(';').any(ours) {
         return Some(value.clone());
     }
-    let kept: Vec<&str> = s.split(';').map(str::trim).filter(|c| !c.is_empty() && !ours(c)).collect();
+    let kept: Vec<&str> = s
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !ours(c))
+        .collect();
     if kept.is_empty() {
         None
     } else {
@@ -246,7 +250,10 @@ mod tests {
             "x-team",
             "x_team",
         ] {
-            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
         }
         h.insert("accept", HeaderValue::from_static("text/html"));
         let owned = [HeaderName::from_static("x-team")];
@@ -264,7 +271,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -272,7 +282,14 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         let out = request_headers(&h, &fw(&[]));
-        for n in ["connection", "x-secret", "keep-alive", "te", "upgrade", "transfer-encoding"] {
+        for n in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "transfer-encoding",
+        ] {
             assert!(!out.contains_key(n), "{n} kept");
         }
         assert!(out.contains_key("x-kept"));
@@ -281,7 +298,12 @@ mod tests {
     #[test]
     fn session_cookies_stay_here() {
         let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullisx=keep"));
+        h.insert(
+            "cookie",
+            HeaderValue::from_static(
+                "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullisx=keep",
+            ),
+        );
         let out = request_headers(&h, &fw(&[]));
         assert_eq!(out["cookie"], "a=1; _portcullisx=keep");
         let mut h = HeaderMap::new();
@@ -293,7 +315,10 @@ mod tests {
     fn websocket_detection() {
         let mut h = HeaderMap::new();
         h.insert("upgrade", HeaderValue::from_static("WebSocket"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(is_websocket_upgrade(&http::Method::GET, &h));
         assert!(!is_websocket_upgrade(&http::Method::POST, &h));
         h.insert("upgrade", HeaderValue::from_static("h2c"));

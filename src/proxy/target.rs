@@ -26,7 +26,9 @@ pub enum TargetError {
 impl fmt::Display for TargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
-            TargetError::NotOriginForm => "the request target must be a path (or an absolute URL for this host)",
+            TargetError::NotOriginForm => {
+                "the request target must be a path (or an absolute URL for this host)"
+            }
             TargetError::EncodedSeparator => "encoded `/`, `\\` or NUL in the path",
             TargetError::BadEscape => "malformed percent-escape in the path",
             TargetError::Forbidden('\\') => "a backslash in the path",
@@ -37,7 +39,9 @@ impl fmt::Display for TargetError {
             TargetError::MissingHost => "no Host header",
             TargetError::DuplicateHost => "more than one Host header",
             TargetError::BadHost => "malformed Host",
-            TargetError::HostMismatch => "the request target names another host than the Host header",
+            TargetError::HostMismatch => {
+                "the request target names another host than the Host header"
+            }
         };
         f.write_str(s)
     }
@@ -71,7 +75,10 @@ pub fn normalize_path(raw: &str) -> Result<String, TargetError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let (h, l) = match (bytes.get(i + 1).and_then(|&x| hex(x)), bytes.get(i + 2).and_then(|&x| hex(x))) {
+                let (h, l) = match (
+                    bytes.get(i + 1).and_then(|&x| hex(x)),
+                    bytes.get(i + 2).and_then(|&x| hex(x)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(TargetError::BadEscape),
                 };
@@ -292,15 +299,41 @@ mod tests {
     #[test]
     fn host_rules() {
         let get = Method::GET;
-        let t = parse(&get, &"/x?q=1".parse().unwrap(), &hm(&["App.Example.com.:8443"])).unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str(), t.query.as_deref()), ("app.example.com", Some(8443), "/x", Some("q=1")));
-        assert_eq!(parse(&get, &"/".parse().unwrap(), &hm(&[])), Err(TargetError::MissingHost));
-        assert_eq!(parse(&get, &"/".parse().unwrap(), &hm(&["a", "b"])), Err(TargetError::DuplicateHost));
+        let t = parse(
+            &get,
+            &"/x?q=1".parse().unwrap(),
+            &hm(&["App.Example.com.:8443"]),
+        )
+        .unwrap();
         assert_eq!(
-            parse(&get, &"http://evil.test/".parse().unwrap(), &hm(&["app.example.com"])),
+            (t.host.as_str(), t.port, t.path.as_str(), t.query.as_deref()),
+            ("app.example.com", Some(8443), "/x", Some("q=1"))
+        );
+        assert_eq!(
+            parse(&get, &"/".parse().unwrap(), &hm(&[])),
+            Err(TargetError::MissingHost)
+        );
+        assert_eq!(
+            parse(&get, &"/".parse().unwrap(), &hm(&["a", "b"])),
+            Err(TargetError::DuplicateHost)
+        );
+        assert_eq!(
+            parse(
+                &get,
+                &"http://evil.test/".parse().unwrap(),
+                &hm(&["app.example.com"])
+            ),
             Err(TargetError::HostMismatch)
         );
-        assert!(parse(&get, &"https://app.example.com/x".parse().unwrap(), &hm(&["app.example.com"])).is_ok());
-        assert_eq!(parse(&get, &"/".parse().unwrap(), &hm(&["user@app"])), Err(TargetError::BadHost));
+        assert!(parse(
+            &get,
+            &"https://app.example.com/x".parse().unwrap(),
+            &hm(&["app.example.com"])
+        )
+        .is_ok());
+        assert_eq!(
+            parse(&get, &"/".parse().unwrap(), &hm(&["user@app"])),
+            Err(TargetError::BadHost)
+        );
     }
 }

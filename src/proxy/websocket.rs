@@ -10,7 +10,12 @@ use super::target::Target;
 use crate::route::Route;
 
 /// Checks an upgrade request that the policy already allowed.
-pub fn check(route: &Route, https: bool, target: &Target, headers: &http::HeaderMap) -> Result<(), ProxyError> {
+pub fn check(
+    route: &Route,
+    https: bool,
+    target: &Target,
+    headers: &http::HeaderMap,
+) -> Result<(), ProxyError> {
     if !route.allow_websockets {
         return Err(ProxyError::WebSocketNotAllowed);
     }
@@ -37,7 +42,9 @@ pub fn same_origin(origin: &str, https: bool, target: &Target) -> bool {
         && u.path() == "/"
         && u.query().is_none()
         && u.username().is_empty()
-        && u.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase()) == Some(target.host.clone())
+        && u.host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            == Some(target.host.clone())
         && u.port_or_known_default() == Some(target.port.unwrap_or(default))
 }
 

@@ -54,7 +54,9 @@ impl std::fmt::Debug for Shared {
 impl ResolvesServerCert for LiveResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let rt = self.0.runtime.load();
-        rt.certs.as_ref().map(|c| c.resolve_name(hello.server_name()))
+        rt.certs
+            .as_ref()
+            .map(|c| c.resolve_name(hello.server_name()))
     }
 }
 
@@ -138,8 +140,15 @@ async fn connection(
     let activity = Arc::new(AtomicU64::new(now_ms()));
     match acceptor {
         None => {
-            let info = ConnInfo { peer, sni: None, https: false };
-            let io = IdleIo { inner: tcp, last: activity.clone() };
+            let info = ConnInfo {
+                peer,
+                sni: None,
+                https: false,
+            };
+            let io = IdleIo {
+                inner: tcp,
+                last: activity.clone(),
+            };
             serve_http(io, info, shared, limits, shutdown, activity).await;
         }
         Some(acc) => {
@@ -159,8 +168,15 @@ async fn connection(
                 .1
                 .server_name()
                 .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-            let info = ConnInfo { peer, sni, https: true };
-            let io = IdleIo { inner: tls, last: activity.clone() };
+            let info = ConnInfo {
+                peer,
+                sni,
+                https: true,
+            };
+            let io = IdleIo {
+                inner: tls,
+                last: activity.clone(),
+            };
             serve_http(io, info, shared, limits, shutdown, activity).await;
         }
     }
@@ -241,7 +257,11 @@ impl<T> IdleIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -253,7 +273,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -261,7 +285,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         }
         r
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {

@@ -72,7 +72,12 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
     if let Some(a) = settings.http_redirect_addr {
         let l = TcpListener::bind(a).await?;
         redirect_addr = Some(l.local_addr()?);
-        tasks.push(tokio::spawn(redirect::serve(l, addr.port(), shared.clone(), rx.clone())));
+        tasks.push(tokio::spawn(redirect::serve(
+            l,
+            addr.port(),
+            shared.clone(),
+            rx.clone(),
+        )));
     }
     if let Some(a) = settings.metrics_address {
         let l = TcpListener::bind(a).await?;

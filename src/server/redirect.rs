@@ -16,7 +16,12 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::handle::Shared;
 use crate::proxy::{target, Body};
 
-pub async fn serve(listener: TcpListener, https_port: u16, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    https_port: u16,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -51,8 +56,16 @@ fn redirect(shared: &Shared, https_port: u16, req: &Request<Incoming>) -> Respon
     if !shared.runtime.load().routes.has_host(&t.host) {
         return ProxyError::NotFound.into_response(false);
     }
-    let host = if t.host.contains(':') && !t.host.starts_with('[') { format!("[{}]", t.host) } else { t.host.clone() };
-    let authority = if https_port == 443 { host } else { format!("{host}:{https_port}") };
+    let host = if t.host.contains(':') && !t.host.starts_with('[') {
+        format!("[{}]", t.host)
+    } else {
+        t.host.clone()
+    };
+    let authority = if https_port == 443 {
+        host
+    } else {
+        format!("{host}:{https_port}")
+    };
     let location = format!("https://{authority}{}", t.path_and_query(&t.path));
     let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
     *r.status_mut() = StatusCode::PERMANENT_REDIRECT;

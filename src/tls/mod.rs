@@ -37,11 +37,15 @@ fn valid_for(cert: &CertificateDer<'_>, host: &str) -> bool {
     let Ok(name) = ServerName::try_from(host) else {
         return false;
     };
-    webpki::EndEntityCert::try_from(cert).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
 }
 
 /// The certificates to serve for these settings and route hosts; the strings are warnings.
-pub fn resolver(settings: &Settings, hosts: &[String]) -> Result<(CertResolver, Vec<String>), String> {
+pub fn resolver(
+    settings: &Settings,
+    hosts: &[String],
+) -> Result<(CertResolver, Vec<String>), String> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut warnings = Vec::new();
     let mut keys = Vec::new();
@@ -57,11 +61,16 @@ pub fn resolver(settings: &Settings, hosts: &[String]) -> Result<(CertResolver, 
     }
     let mut by_name = HashMap::new();
     for h in hosts {
-        match keys.iter().find(|k| k.cert.first().is_some_and(|c| valid_for(c, h))) {
+        match keys
+            .iter()
+            .find(|k| k.cert.first().is_some_and(|c| valid_for(c, h)))
+        {
             Some(k) => {
                 by_name.insert(h.clone(), k.clone());
             }
-            None => warnings.push(format!("no certificate covers `{h}`; the first certificate will be served for it")),
+            None => warnings.push(format!(
+                "no certificate covers `{h}`; the first certificate will be served for it"
+            )),
         }
     }
     let default = keys[0].clone();
