@@ -26,7 +26,44 @@ pub struct Policy {
     pub wants_identity: bool,
 }
 
-/// One rule: `allow` and/or `deny`, with where it was written.
+impl Policy {
+    /// A policy over these rules; whether it wants an identity is derived from them.
+    pub fn new(rules: Vec<Rule>) -> Policy {
+        let wants_identity = rules
+            .iter()
+            .any(|r| r.allow.is_some() && r.allow_needs_identity);
+        Policy {
+            rules,
+            wants_identity,
+        }
+    }
+}
+
+impl Rule {
+    pub fn new(allow: Option<Expr>, deny: Option<Expr>, origin: RuleOrigin) -> Rule {
+        Rule {
+            allow_needs_identity: allow.as_ref().is_some_and(Expr::needs_identity),
+            allow,
+            deny,
+            origin,
+        }
+    }
+}
+
+impl Expr {
+    /// Does this expression mention who the user is anywhere?
+    pub fn needs_identity(&self) -> bool {
+        match self {
+            Expr::Always => false,
+            Expr::And(v) | Expr::Or(v) | Expr::Not(v) | Expr::Nor(v) => {
+                v.iter().any(Expr::needs_identity)
+            }
+            Expr::Crit(c) => c.needs_identity(),
+        }
+    }
+}
+
+/// One rule: `allow` and/or `deny`, with where it was written. Build it with [`Rule::new`].
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub allow: Option<Expr>,

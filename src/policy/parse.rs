@@ -113,13 +113,7 @@ pub fn compile(input: &PolicyInput<'_>, errs: &mut Errors<'_>) -> Policy {
             ),
         }
     }
-    let wants_identity = rules
-        .iter()
-        .any(|r| r.allow.is_some() && r.allow_needs_identity);
-    Policy {
-        rules,
-        wants_identity,
-    }
+    Policy::new(rules)
 }
 
 impl StrMatch {
@@ -132,12 +126,7 @@ impl StrMatch {
 }
 
 fn shorthand_rule(allow: Expr, key: &'static str, pos: Pos) -> Rule {
-    Rule {
-        allow_needs_identity: expr_needs_identity(&allow),
-        allow: Some(allow),
-        deny: None,
-        origin: RuleOrigin { key, pos },
-    }
+    Rule::new(Some(allow), None, RuleOrigin { key, pos })
 }
 
 fn push_list_rule(
@@ -155,16 +144,6 @@ fn push_list_rule(
         return;
     }
     rules.push(shorthand_rule(Expr::Or(any), key, pos));
-}
-
-fn expr_needs_identity(e: &Expr) -> bool {
-    match e {
-        Expr::Always => false,
-        Expr::And(v) | Expr::Or(v) | Expr::Not(v) | Expr::Nor(v) => {
-            v.iter().any(expr_needs_identity)
-        }
-        Expr::Crit(c) => c.needs_identity(),
-    }
 }
 
 fn rule(node: &Node, errs: &mut Errors<'_>) -> Option<Rule> {
@@ -193,16 +172,14 @@ fn rule(node: &Node, errs: &mut Errors<'_>) -> Option<Rule> {
     if entries.is_empty() {
         errs.at(node.pos, "a policy rule needs `allow` or `deny`");
     }
-    let allow_needs_identity = allow.as_ref().is_some_and(expr_needs_identity);
-    Some(Rule {
+    Some(Rule::new(
         allow,
         deny,
-        origin: RuleOrigin {
+        RuleOrigin {
             key: "policy",
             pos: node.pos,
         },
-        allow_needs_identity,
-    })
+    ))
 }
 
 /// An action's body: one or more operators, all of which must hold.
