@@ -3,7 +3,9 @@
 //! See `docs/request-lifecycle.md` for the path of one request through these modules.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
+
 pub mod config;
 pub mod policy;
 pub mod proxy;

@@ -129,6 +129,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// Line of the route in the config file.
     pub line: u32,
+    /// Position in the route table.
+    pub index: usize,
 }
 
 impl Route {
@@ -146,7 +148,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.index = i;
+        }
         RouteTable { routes }
     }
 
@@ -155,6 +160,14 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|r| r.from.matches(host, port) && r.path.matches(path))
+    }
+
+    /// Whether the first route on this host is https (its sign-in URLs use that scheme).
+    pub fn host_is_https(&self, host: &str) -> Option<bool> {
+        self.routes
+            .iter()
+            .find(|r| r.from.host == host)
+            .map(|r| r.from.https)
     }
 
     /// Is any route served on this host? (Decides 404 vs 421 on SNI mismatch.)

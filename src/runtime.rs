@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::config::{self, ConfigError, ConfigErrors, Env, Settings};
+
 use crate::route::RouteTable;
 use crate::tls::CertResolver;
 
@@ -16,11 +18,18 @@ pub struct Runtime {
     pub certs: Option<Arc<CertResolver>>,
     /// Load-time warnings, logged once by whoever installs this runtime.
     pub warnings: Vec<String>,
+    /// Sign-in: cookie key, IdP, assertion signer.
+    pub auth: Auth,
 }
 
 impl Runtime {
-    /// Builds everything from a compiled config.
-    pub fn build(compiled: config::Compiled, source: &str) -> Result<Runtime, ConfigErrors> {
+    /// Builds everything from a compiled config, carrying over from `prev` what must
+    /// survive a reload (IdP discovery, a generated signing key).
+    pub fn build(
+        compiled: config::Compiled,
+        source: &str,
+        prev: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigErrors> {
         let config::Compiled {
             settings,
             routes,
@@ -45,17 +54,38 @@ impl Runtime {
             warnings.extend(w);
             Some(Arc::new(resolver))
         };
+        let (auth, w) = Auth::build(&settings, prev.map(|p| &p.auth)).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                source,
+                crate::config::error::Pos::default(),
+                e,
+            )])
+        })?;
+        warnings.extend(w);
+        if settings.idp.is_none() && routes.iter().any(|r| r.policy.wants_identity) {
+            warnings.push("some routes need a signed-in user but no idp_provider_url is set: they answer 401 to everyone".into());
+        }
         Ok(Runtime {
             settings,
             routes,
             certs,
             warnings,
+            auth,
         })
     }
 
     /// Reads, validates and builds the config at `path`.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Runtime, ConfigErrors> {
+        Runtime::reload(path, env, None)
+    }
+
+    /// Like [`load`](Self::load), reusing what can be reused from the running runtime.
+    pub fn reload(
+        path: &Path,
+        env: &dyn Env,
+        prev: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigErrors> {
         let compiled = config::load(path, env)?;
-        Runtime::build(compiled, &path.display().to_string())
+        Runtime::build(compiled, &path.display().to_string(), prev)
     }
 }

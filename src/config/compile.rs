@@ -31,8 +31,8 @@ pub struct CertFiles {
     pub pos: Pos,
 }
 
-/// Sign-in settings (used once OpenID Connect is configured).
-#[derive(Clone, Debug)]
+/// Sign-in settings (OpenID Connect).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdpSettings {
     pub provider_url: url::Url,
     pub client_id: String,
@@ -614,6 +614,7 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         policy,
         client,
         line: rpos.line,
+        index: 0,
     })
 }
 

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 /// A claim value: strings as they are, other scalars in their JSON spelling.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
 pub enum ClaimValue {
     Str(String),
     List(Vec<String>),

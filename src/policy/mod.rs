@@ -24,6 +24,8 @@ pub struct Policy {
     /// True when some allow clause refers to who the user is: an anonymous request that no
     /// rule lets through is then asked to sign in rather than refused.
     pub wants_identity: bool,
+    /// True when any rule mentions who the user is: only then is the session read.
+    pub uses_identity: bool,
 }
 
 impl Policy {
@@ -32,9 +34,14 @@ impl Policy {
         let wants_identity = rules
             .iter()
             .any(|r| r.allow.is_some() && r.allow_needs_identity);
+        let uses_identity = wants_identity
+            || rules
+                .iter()
+                .any(|r| r.deny.as_ref().is_some_and(Expr::needs_identity));
         Policy {
             rules,
             wants_identity,
+            uses_identity,
         }
     }
 }

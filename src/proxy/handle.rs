@@ -1,7 +1,8 @@
-//! The one request pipeline. `handle` (outer) turns every error into a page and writes the
-//! access log; `inner` is a `?` chain: target → route → session → policy → forward.
+//! The one request pipeline. `handle` (outer) turns every error into a page, adds the
+//! cookies a request earned, and writes the access log; `inner` is a `?` chain:
+//! target → route → session → policy → forward.
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -12,9 +13,12 @@ use std::time::Instant;
 use super::error::{page, ProxyError};
 use super::forward::{self, UpBody};
 use super::headers::{self, Forwarding};
-use super::target;
+use super::target::{self, Target};
 use super::{websocket, Body};
-use crate::policy::{self, Facts, Refusal};
+use crate::auth::revoked::RevocationStore;
+use crate::auth::session::{now, Session};
+use crate::auth::{endpoints, Refreshes, SetCookies};
+use crate::policy::{self, Facts, Identity, Refusal};
 use crate::route::{PathMatch, Route};
 use crate::runtime::Runtime;
 
@@ -27,19 +31,23 @@ pub struct ConnInfo {
     pub https: bool,
 }
 
-/// State shared by every connection.
+/// State shared by every connection and kept across reloads.
 pub struct Shared {
     pub runtime: arc_swap::ArcSwap<Runtime>,
+    /// Revoked session ids (sign-out).
+    pub store: Arc<dyn RevocationStore>,
+    pub refreshes: Refreshes,
 }
 
-/// Fields of the access-log line, filled in as the request goes.
+/// What a request accumulates on its way: access-log fields and cookies to set.
 #[derive(Default)]
-struct Log {
+struct Ctx {
     route: Option<String>,
     host: String,
     path: String,
     user: Option<String>,
     decision: &'static str,
+    cookies: SetCookies,
 }
 
 /// Outer handler: never fails; one access-log event per request.
@@ -52,32 +60,27 @@ pub async fn handle(
     let rt = shared.runtime.load_full();
     let method = req.method().clone();
     let json = wants_json(req.headers());
-    let mut log = Log {
+    let mut cx = Ctx {
         decision: "-",
-        ..Log::default()
+        ..Ctx::default()
     };
-    let resp = match inner(&rt, &conn, req, &mut log).await {
+    let mut resp = match inner(&rt, &shared, &conn, req, &mut cx).await {
         Ok(r) => r,
-        Err(e) => {
-            if matches!(
-                e,
-                ProxyError::UpstreamUnavailable | ProxyError::UpstreamTimeout
-            ) {
-                tracing::debug!(code = e.code(), "upstream error page");
-            }
-            e.into_response(json)
-        }
+        Err(e) => e.into_response(json),
     };
+    for c in cx.cookies.drain(..) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     tracing::info!(
         target: "portcullis::access",
-        route = log.route.as_deref().unwrap_or("-"),
+        route = cx.route.as_deref().unwrap_or("-"),
         method = %method,
-        host = %log.host,
-        path = %log.path,
+        host = %cx.host,
+        path = %cx.path,
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        user = log.user.as_deref().unwrap_or("-"),
-        decision = log.decision,
+        user = cx.user.as_deref().unwrap_or("-"),
+        decision = cx.decision,
         peer = %conn.peer.ip(),
     );
     Ok(resp)
@@ -89,6 +92,16 @@ fn wants_json(h: &http::HeaderMap) -> bool {
         .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"))
 }
 
+/// A top-level browser navigation (which is sent to sign in rather than given a 401).
+fn is_navigation(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && h.get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+        && h.get("sec-fetch-mode").is_none_or(|m| m == "navigate")
+}
+
 /// Paths Portcullis answers itself on every route host; never forwarded.
 fn is_own_path(path: &str) -> bool {
     path == "/.portcullis"
@@ -98,9 +111,10 @@ fn is_own_path(path: &str) -> bool {
 
 async fn inner(
     rt: &Arc<Runtime>,
+    shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    log: &mut Log,
+    cx: &mut Ctx,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -126,26 +140,37 @@ async fn inner(
     }
     let target = target::parse(req.method(), req.uri(), h)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    log.host.clone_from(&target.host);
-    log.path.clone_from(&target.path);
+    cx.host.clone_from(&target.host);
+    cx.path.clone_from(&target.path);
     if let Some(sni) = &conn.sni {
         if *sni != target.host {
             return Err(ProxyError::Misdirected);
         }
     }
     if is_own_path(&target.path) {
-        // Sign-in endpoints arrive with OpenID Connect; until then these paths exist on
-        // every route host but serve nothing, and are never forwarded.
-        return Err(ProxyError::NotFound);
+        return endpoints::serve(rt, shared, conn.https, &target, &req, &mut cx.cookies).await;
     }
     let route = rt
         .routes
         .find(&target.host, target.port, &target.path)
         .ok_or(ProxyError::NotFound)?;
-    log.route = Some(route.name.clone());
+    cx.route = Some(route.name.clone());
 
     let websocket = headers::is_websocket_upgrade(req.method(), req.headers());
-    let identity = None;
+    // Public routes never look at sessions (and never pay for them).
+    let session = if route.policy.uses_identity {
+        session(rt, shared, &target, &req, &mut cx.cookies).await
+    } else {
+        None
+    };
+
+    let (sid, identity) = match session {
+        Some(s) => (Some(s.id), Some(Arc::new(s.identity))),
+        None => (None, None),
+    };
+    cx.user = identity
+        .as_ref()
+        .map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()));
     let facts = Facts {
         method: req.method(),
         path: &target.path,
@@ -153,19 +178,29 @@ async fn inner(
     };
     let permitted = match policy::authorize(&route.policy, identity, &facts) {
         Ok(p) => {
-            log.decision = "allow";
+            cx.decision = "allow";
             p
         }
         Err(Refusal::Unauthenticated) => {
-            log.decision = "unauthenticated";
+            cx.decision = "unauthenticated";
+            if !websocket && is_navigation(&req) && rt.auth.oidc.is_some() {
+                let https = route.from.https;
+                return endpoints::start_login(
+                    rt,
+                    https,
+                    &target,
+                    target.path_and_query(&target.path),
+                    &mut cx.cookies,
+                );
+            }
             return Err(ProxyError::Unauthenticated);
         }
         Err(Refusal::Denied {
             identity, reason, ..
         }) => {
-            log.decision = "deny";
+            cx.decision = "deny";
             return Err(ProxyError::Forbidden {
-                who: identity.and_then(|i| i.email.clone()),
+                who: identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone())),
                 reason: reason.to_string(),
             });
         }
@@ -183,6 +218,10 @@ async fn inner(
     } else {
         route.upstreams[0].host_header.clone()
     };
+    let identity_headers = match (&permitted.identity, sid) {
+        (Some(id), Some(sid)) => identity_headers(rt, route, &target, conn.https, id, &sid),
+        _ => Vec::new(),
+    };
     parts.headers = headers::request_headers(
         &parts.headers,
         &Forwarding {
@@ -195,6 +234,7 @@ async fn inner(
             owned: &route.owned_headers,
             remove: &route.remove_request_headers,
             set: &route.set_request_headers,
+            identity: &identity_headers,
         },
     );
     let body = if websocket {
@@ -224,6 +264,90 @@ async fn inner(
         _ => rbody.map_err(Into::into).boxed(),
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// The request's session, refreshed first when its ID token has expired (the new cookie is
+/// added to `cookies`); a session that cannot be refreshed is no session.
+async fn session(
+    rt: &Runtime,
+    shared: &Shared,
+    target: &Target,
+    req: &Request<Incoming>,
+    cookies: &mut SetCookies,
+) -> Option<Session> {
+    let s = rt.auth.open(&*shared.store, &target.host, req.headers())?;
+    if s.id_token_exp > now() || s.refresh_token.is_none() {
+        return Some(s);
+    }
+    let oidc = rt.auth.oidc.as_ref()?;
+    match shared.refreshes.refresh(oidc, &s).await {
+        Some(fresh) => {
+            if let Some(sealed) = rt.auth.seal(&target.host, &fresh) {
+                cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
+            }
+            Some(fresh)
+        }
+        None => {
+            cookies.extend(rt.auth.jar.clear_all());
+            None
+        }
+    }
+}
+
+/// The identity headers for the upstream: the assertion JWT, and the claims headers.
+fn identity_headers(
+    rt: &Runtime,
+    route: &Route,
+    target: &Target,
+    https: bool,
+    id: &Identity,
+    sid: &[u8; 16],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    let issuer = endpoints::origin(https, target);
+    let audience = route.upstreams[0].authority.host();
+    if let Some(v) = rt
+        .auth
+        .signer
+        .assertion(sid, route.index, &issuer, audience, id)
+    {
+        out.push((HeaderName::from_static("x-portcullis-jwt-assertion"), v));
+    }
+    let mut push = |name: HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(v) => out.push((name, v)),
+        Err(_) => tracing::warn!(header = %name, "claim value cannot be a header; not sent"),
+    };
+    if route.pass_identity_headers {
+        if let Some(e) = &id.email {
+            push(HeaderName::from_static("x-portcullis-claim-email"), e);
+        }
+        push(
+            HeaderName::from_static("x-portcullis-claim-groups"),
+            &id.groups.join(","),
+        );
+    }
+    for (name, claim) in &route.jwt_claims_headers {
+        if let Some(v) = claim_value(id, claim) {
+            push(name.clone(), &v);
+        }
+    }
+    out
+}
+
+/// A claim by name for `jwt_claims_headers`: `email`, `sub`/`user`, `groups`, `iss`,
+/// `issuer_subject` (`ISSUER#SUBJECT`, immutable and unique), or any claim the IdP sent.
+pub fn claim_value(id: &Identity, claim: &str) -> Option<String> {
+    match claim {
+        "email" => id.email.clone(),
+        "sub" | "user" => Some(id.sub.clone()),
+        "groups" => Some(id.groups.join(",")),
+        "iss" => Some(id.iss.clone()),
+        "issuer_subject" => Some(format!("{}#{}", id.iss, id.sub)),
+        other => match id.claims.get(other)? {
+            policy::ClaimValue::Str(s) => Some(s.clone()),
+            policy::ClaimValue::List(l) => Some(l.join(",")),
+        },
+    }
 }
 
 /// Applies `prefix_rewrite`: the matched prefix (or `/`) is replaced.

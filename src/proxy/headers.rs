@@ -103,6 +103,8 @@ pub struct Forwarding<'a> {
     pub owned: &'a [HeaderName],
     pub remove: &'a [HeaderName],
     pub set: &'a [(HeaderName, HeaderValue)],
+    /// Identity headers for a signed-in user (assertion, claims), added last.
+    pub identity: &'a [(HeaderName, HeaderValue)],
 }
 
 /// Builds the upstream request headers from the client's.
@@ -140,6 +142,9 @@ pub fn request_headers(src: &HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
     }
     out.insert(header::HOST, fw.host_header.clone());
     for (k, v) in fw.set {
+        out.insert(k.clone(), v.clone());
+    }
+    for (k, v) in fw.identity {
         out.insert(k.clone(), v.clone());
     }
     if fw.websocket {
@@ -224,6 +229,7 @@ mod tests {
             owned,
             remove: &[],
             set: &[],
+            identity: &[],
         }
     }
 

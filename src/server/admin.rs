@@ -58,12 +58,23 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn answer(_shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        // The listeners are bound before this listener starts, and a runtime is always
-        // loaded; IdP discovery joins this check with sign-in.
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        // The listeners are bound before this listener starts and a runtime is always
+        // loaded; what can still be missing is the identity provider.
+        "/readyz" => {
+            let rt = shared.runtime.load();
+            if rt.auth.oidc.as_ref().is_some_and(|o| !o.is_ready()) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "identity provider not discovered yet\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -38,6 +38,9 @@ impl Handle {
 
     /// Replaces the running configuration (listener addresses stay as they are).
     pub fn swap(&self, rt: Runtime) {
+        if let Some(o) = &rt.auth.oidc {
+            o.start();
+        }
         self.shared.runtime.store(Arc::new(rt));
     }
 }
@@ -48,8 +51,15 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         tracing::warn!("{w}");
     }
     let settings = rt.settings.clone();
+    let store = crate::auth::revoked::EmbeddedStore::open(&settings.data_dir)
+        .map_err(std::io::Error::other)?;
+    if let Some(o) = &rt.auth.oidc {
+        o.start();
+    }
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(rt),
+        store: Arc::new(store),
+        refreshes: crate::auth::Refreshes::default(),
     });
     let (tx, rx) = watch::channel(false);
     let main = TcpListener::bind(settings.address).await?;

@@ -29,9 +29,9 @@ pub async fn run_until_stopped(handle: &Handle, config: &Path) {
 
 /// Builds a new runtime from the file; swaps it in only if all of it is valid.
 pub fn reload(handle: &Handle, config: &Path) -> bool {
-    match Runtime::load(config, &ProcessEnv) {
+    let old = handle.shared.runtime.load_full();
+    match Runtime::reload(config, &ProcessEnv, Some(&old)) {
         Ok(rt) => {
-            let old = handle.shared.runtime.load();
             if old.settings.address != rt.settings.address
                 || old.settings.http_redirect_addr != rt.settings.http_redirect_addr
                 || old.settings.metrics_address != rt.settings.metrics_address

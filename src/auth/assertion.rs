@@ -1,0 +1,122 @@
+//! `X-Portcullis-Jwt-Assertion`: an ES256 JWT telling the upstream who the user is, signed
+//! with `signing_key` (or a key generated at start), verifiable with the JWKS Portcullis
+//! serves at `/.well-known/portcullis/jwks.json`. Tokens are cached per session and route and
+//! signed again only when a minute has passed.
+
+use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::session::now;
+use crate::policy::Identity;
+
+/// How long an assertion is valid.
+pub const LIFETIME: u64 = 5 * 60;
+/// A cached assertion is reused while it is younger than this.
+pub const REUSE: u64 = 60;
+const CACHE_MAX: usize = 20_000;
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    groups: &'a [String],
+    iat: u64,
+    exp: u64,
+}
+
+pub struct Signer {
+    key: EncodingKey,
+    kid: String,
+    jwks: String,
+    cache: Mutex<HashMap<([u8; 16], usize), (HeaderValue, u64)>>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer(kid={})", self.kid)
+    }
+}
+
+impl Signer {
+    /// From a PEM EC P-256 private key, or a fresh one (the bool says it was generated).
+    pub fn new(pem: Option<&str>) -> Result<(Signer, bool), String> {
+        let (pem, generated) = match pem {
+            Some(p) => (p.to_string(), false),
+            None => {
+                let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(|e| e.to_string())?;
+                (kp.serialize_pem(), true)
+            }
+        };
+        let key = EncodingKey::from_ec_pem(pem.as_bytes())
+            .map_err(|e| format!("signing_key is not a PEM EC P-256 private key: {e}"))?;
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)
+            .map_err(|e| format!("signing_key: {e}"))?;
+        let thumb = serde_json::to_vec(&jwk.algorithm).map_err(|e| e.to_string())?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &thumb);
+        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]);
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+        Ok((
+            Signer {
+                key,
+                kid,
+                jwks,
+                cache: Mutex::new(HashMap::new()),
+            },
+            generated,
+        ))
+    }
+
+    /// The JWKS document (public key only).
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    /// The assertion for this session on this route (cached; see the module docs).
+    pub fn assertion(
+        &self,
+        session: &[u8; 16],
+        route: usize,
+        issuer: &str,
+        audience: &str,
+        id: &Identity,
+    ) -> Option<HeaderValue> {
+        let now = now();
+        if let Ok(c) = self.cache.lock() {
+            if let Some((v, iat)) = c.get(&(*session, route)) {
+                if now.saturating_sub(*iat) < REUSE {
+                    return Some(v.clone());
+                }
+            }
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let claims = Claims {
+            iss: issuer,
+            aud: audience,
+            sub: &id.sub,
+            email: id.email.as_deref(),
+            groups: &id.groups,
+            iat: now,
+            exp: now + LIFETIME,
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &self.key).ok()?;
+        let v = HeaderValue::from_str(&token).ok()?;
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_MAX {
+                c.retain(|_, (_, iat)| now.saturating_sub(*iat) < REUSE);
+            }
+            c.insert((*session, route), (v.clone(), now));
+        }
+        Some(v)
+    }
+}

@@ -1,0 +1,333 @@
+//! The paths Portcullis answers itself on every route host: `/.portcullis/sign_in`,
+//! `callback`, `sign_out`, `signed_out`, the who-am-I page, and the assertion JWKS.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::session::{now, LoginState, Session};
+use super::SetCookies;
+use crate::proxy::error::{html_escape, page, ProxyError};
+use crate::proxy::handle::Shared;
+use crate::proxy::target::{normalize_path, Target};
+use crate::proxy::Body;
+use crate::runtime::Runtime;
+
+pub const CALLBACK: &str = "/.portcullis/callback";
+pub const SIGNED_OUT: &str = "/.portcullis/signed_out";
+/// Longest `code`/`state` accepted at the callback (before any work is done).
+const MAX_PARAM: usize = 4096;
+
+/// The externally visible origin of a request (`https://host[:port]` as the client sent it).
+pub fn origin(https: bool, target: &Target) -> String {
+    format!(
+        "{}://{}",
+        if https { "https" } else { "http" },
+        target.authority.to_ascii_lowercase()
+    )
+}
+
+/// A return target that can only be a path on this host: anything else becomes `/`.
+pub fn safe_return(raw: &str) -> String {
+    let ok_char = |c: char| c.is_ascii_graphic() && c != '\\' && c != '#';
+    if !raw.starts_with('/') || raw.starts_with("//") || !raw.chars().all(ok_char) {
+        return "/".into();
+    }
+    let (path, query) = match raw.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw, None),
+    };
+    match normalize_path(path) {
+        Ok(p) if !p.starts_with("//") => match query {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        },
+        _ => "/".into(),
+    }
+}
+
+fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
+    let mut r = page(StatusCode::FOUND, "text/html; charset=utf-8", String::new());
+    let v = HeaderValue::from_str(location)
+        .map_err(|_| ProxyError::BadRequest("unusable redirect".into()))?;
+    r.headers_mut().insert(header::LOCATION, v);
+    Ok(r)
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// Sends a browser to the IdP, remembering where it was going.
+pub fn start_login(
+    rt: &Runtime,
+    https: bool,
+    target: &Target,
+    return_to: String,
+    cookies: &mut SetCookies,
+) -> Result<Response<Body>, ProxyError> {
+    let oidc = rt.auth.oidc.as_ref().ok_or(ProxyError::Unauthenticated)?;
+    let provider = oidc.provider().ok_or(ProxyError::IdpUnavailable)?;
+    let redirect_uri = format!("{}{CALLBACK}", origin(https, target));
+    let (url, login) = oidc
+        .authorize(&provider, &redirect_uri, return_to)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot start sign-in");
+            ProxyError::IdpUnavailable
+        })?;
+    let key = rt.auth.key.as_ref().ok_or(ProxyError::IdpUnavailable)?;
+    let sealed = key
+        .seal("login", &target.host, &login)
+        .ok_or(ProxyError::IdpUnavailable)?;
+    cookies.extend(rt.auth.jar.set_login(&sealed));
+    redirect(url.as_str())
+}
+
+/// Answers a request for one of Portcullis's own paths.
+pub async fn serve(
+    rt: &Runtime,
+    shared: &Shared,
+    https: bool,
+    target: &Target,
+    req: &Request<Incoming>,
+    cookies: &mut SetCookies,
+) -> Result<Response<Body>, ProxyError> {
+    if !rt.routes.has_host(&target.host) {
+        return Err(ProxyError::NotFound);
+    }
+    let https = rt.routes.host_is_https(&target.host).unwrap_or(https);
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let q = target.query.as_deref();
+    match target.path.as_str() {
+        "/.well-known/portcullis/jwks.json" => {
+            let mut r = page(
+                StatusCode::OK,
+                "application/json",
+                rt.auth.signer.jwks().to_string(),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            Ok(r)
+        }
+        "/.portcullis/sign_in" => {
+            let to =
+                query_param(q, "redirect_uri").map_or_else(|| "/".to_string(), |r| safe_return(&r));
+            start_login(rt, https, target, to, cookies)
+        }
+        CALLBACK => callback(rt, https, target, req, cookies).await,
+        "/.portcullis/sign_out" => sign_out(rt, shared, https, target, req, cookies),
+        SIGNED_OUT => Ok(info_page(
+            "Signed out",
+            "You are signed out.",
+            r#"<p><a href="/.portcullis/sign_in">Sign in again</a></p>"#,
+        )),
+        "/.portcullis/" | "/.portcullis" => Ok(whoami(rt, shared, target, req)),
+        _ => Err(ProxyError::NotFound),
+    }
+}
+
+fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title>\
+<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}}</style></head>\
+<body><h1>{t}</h1><p>{x}</p>{extra}<hr><small>Portcullis</small></body></html>",
+        t = html_escape(title),
+        x = html_escape(text)
+    );
+    page(StatusCode::OK, "text/html; charset=utf-8", html)
+}
+
+fn login_failed(why: &str) -> ProxyError {
+    tracing::info!(reason = why, "sign-in refused");
+    ProxyError::BadRequest(
+        "sign-in could not be completed; start again from the page you wanted".into(),
+    )
+}
+
+async fn callback(
+    rt: &Runtime,
+    https: bool,
+    target: &Target,
+    req: &Request<Incoming>,
+    cookies: &mut SetCookies,
+) -> Result<Response<Body>, ProxyError> {
+    let q = target.query.as_deref();
+    if q.is_some_and(|q| q.len() > 4 * MAX_PARAM) {
+        return Err(login_failed("oversized callback"));
+    }
+    // Whatever happens next, this login attempt is used up.
+    cookies.extend(rt.auth.jar.clear_login());
+    let oidc = rt.auth.oidc.as_ref().ok_or(ProxyError::NotFound)?;
+    let key = rt.auth.key.as_ref().ok_or(ProxyError::NotFound)?;
+    if let Some(err) = query_param(q, "error") {
+        tracing::info!(error = %err, "the identity provider refused the sign-in");
+        return Err(ProxyError::Forbidden {
+            who: None,
+            reason: "the identity provider refused the sign-in".into(),
+        });
+    }
+    let code = query_param(q, "code")
+        .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM)
+        .ok_or_else(|| login_failed("no code"))?;
+    let state = query_param(q, "state")
+        .filter(|s| !s.is_empty() && s.len() <= MAX_PARAM)
+        .ok_or_else(|| login_failed("no state"))?;
+    let sealed = super::session::cookie(req.headers(), &rt.auth.jar.login_name())
+        .ok_or_else(|| login_failed("no login cookie (replayed or cross-site callback)"))?;
+    let login: LoginState = key
+        .open("login", &target.host, sealed)
+        .ok_or_else(|| login_failed("login cookie does not open"))?;
+    if login.expires <= now() {
+        return Err(login_failed("login expired"));
+    }
+    if !constant_time_eq(login.state.as_bytes(), state.as_bytes()) {
+        return Err(login_failed("state mismatch"));
+    }
+    let redirect_uri = format!("{}{CALLBACK}", origin(https, target));
+    let session = oidc
+        .callback(&redirect_uri, &code, &login)
+        .await
+        .map_err(|e| match e {
+            super::oidc::OidcError::Unavailable => ProxyError::IdpUnavailable,
+            super::oidc::OidcError::Rejected(why) => login_failed(&why),
+        })?;
+    tracing::info!(
+        user = session
+            .identity
+            .email
+            .as_deref()
+            .unwrap_or(&session.identity.sub),
+        "signed in"
+    );
+    let sealed = rt
+        .auth
+        .seal(&target.host, &session)
+        .ok_or_else(|| login_failed("cannot seal the session"))?;
+    cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
+    redirect(&format!(
+        "{}{}",
+        origin(https, target),
+        safe_return(&login.return_to)
+    ))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn sign_out(
+    rt: &Runtime,
+    shared: &Shared,
+    https: bool,
+    target: &Target,
+    req: &Request<Incoming>,
+    cookies: &mut SetCookies,
+) -> Result<Response<Body>, ProxyError> {
+    let session: Option<Session> = rt.auth.open(&*shared.store, &target.host, req.headers());
+    cookies.extend(rt.auth.jar.clear_all());
+    let post_logout = format!("{}{SIGNED_OUT}", origin(https, target));
+    let Some(s) = session else {
+        return redirect(&post_logout);
+    };
+    if let Err(e) = shared.store.revoke(&s.id, s.expires) {
+        // The cookie is cleared anyway; a copy of it would still work: say so loudly.
+        tracing::error!(error = %e, "could not record the sign-out; a copied cookie stays valid until it expires");
+    }
+    tracing::info!(
+        user = s.identity.email.as_deref().unwrap_or(&s.identity.sub),
+        "signed out"
+    );
+    match rt
+        .auth
+        .oidc
+        .as_ref()
+        .and_then(|o| o.end_session_url(s.id_token.as_deref(), &post_logout))
+    {
+        Some(url) => redirect(url.as_str()),
+        None => redirect(&post_logout),
+    }
+}
+
+fn whoami(
+    rt: &Runtime,
+    shared: &Shared,
+    target: &Target,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let s = rt.auth.open(&*shared.store, &target.host, req.headers());
+    if json {
+        let body = match &s {
+            Some(s) => serde_json::json!({
+                "signed_in": true,
+                "email": s.identity.email,
+                "user": s.identity.sub,
+                "groups": s.identity.groups,
+                "expires": s.expires,
+            }),
+            None => serde_json::json!({ "signed_in": false }),
+        };
+        return page(StatusCode::OK, "application/json", body.to_string());
+    }
+    match s {
+        Some(s) => {
+            let who = s.identity.email.as_deref().unwrap_or(&s.identity.sub);
+            let groups = if s.identity.groups.is_empty() {
+                "none".to_string()
+            } else {
+                s.identity.groups.join(", ")
+            };
+            let left = s.expires.saturating_sub(now());
+            info_page(
+                "Signed in",
+                &format!("You are signed in as {who}."),
+                &format!(
+                    "<p>Groups: {}</p><p>Session ends in {} min.</p><p><a href=\"/.portcullis/sign_out\">Sign out</a></p>",
+                    html_escape(&groups),
+                    left / 60
+                ),
+            )
+        }
+        None => info_page(
+            "Not signed in",
+            "You are not signed in.",
+            r#"<p><a href="/.portcullis/sign_in">Sign in</a></p>"#,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return;
+
+    #[test]
+    fn return_targets_stay_on_this_host() {
+        for (input, want) in [
+            ("/app/x?y=1", "/app/x?y=1"),
+            ("/", "/"),
+            ("//evil.test", "/"),
+            ("/\\evil.test", "/"),
+            ("https:evil.test", "/"),
+            ("https://evil.test/", "/"),
+            ("javascript:alert(1)", "/"),
+            ("/%2F%2Fevil.test", "/"),
+            ("/a\r\nSet-Cookie: x=1", "/"),
+            ("/a/../../evil", "/evil"),
+            ("/./", "/"),
+            ("", "/"),
+            ("evil.test", "/"),
+        ] {
+            assert_eq!(safe_return(input), want, "{input:?}");
+        }
+    }
+}

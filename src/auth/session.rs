@@ -1,0 +1,387 @@
+//! The session cookie: authenticated encryption (AES-256-GCM, key from `cookie_secret`),
+//! bound to its host (or `cookie_domain`), chunked when large, expiring. A tampered,
+//! truncated, expired, other-key or other-host cookie is simply no session.
+
+use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::policy::Identity;
+
+/// Largest cookie value written in one piece; browsers allow ~4 KB per cookie with its name
+/// and attributes.
+pub const CHUNK: usize = 3800;
+/// At most this many chunks are read or written (a session is never that large).
+pub const MAX_CHUNKS: usize = 8;
+const VERSION: &str = "v1";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A signed-in session, as carried in the cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random id: sign-out revokes it server-side.
+    pub id: [u8; 16],
+    pub identity: Identity,
+    /// Unix seconds: the session ends then (`cookie_expire` after sign-in).
+    pub expires: u64,
+    /// Unix seconds: the ID token's `exp`; past it, the refresh token is used.
+    pub id_token_exp: u64,
+    pub refresh_token: Option<String>,
+    /// Kept for RP-initiated logout (`id_token_hint`); never shown on any page.
+    pub id_token: Option<String>,
+}
+
+impl Session {
+    pub fn id_string(&self) -> String {
+        B64.encode(self.id)
+    }
+}
+
+/// The short-lived state of one sign-in, in its own cookie until the callback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    /// Where to go after sign-in: a path (and query) on this host.
+    pub return_to: String,
+    pub expires: u64,
+}
+
+/// Seals and opens cookies with the key from `cookie_secret`.
+pub struct CookieKey {
+    key: RandomizedNonceKey,
+}
+
+impl std::fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieKey(..)")
+    }
+}
+
+impl CookieKey {
+    pub fn new(secret: &[u8; 32]) -> Result<CookieKey, String> {
+        RandomizedNonceKey::new(&AES_256_GCM, secret)
+            .map(|key| CookieKey { key })
+            .map_err(|_| "unusable cookie key".to_string())
+    }
+
+    /// Encrypts `value` for `purpose` (session/login) at `scope` (host or cookie domain).
+    pub fn seal<T: Serialize>(&self, purpose: &str, scope: &str, value: &T) -> Option<String> {
+        let mut buf = postcard::to_stdvec(value).ok()?;
+        let aad = format!("{VERSION}|{purpose}|{scope}");
+        let nonce = self
+            .key
+            .seal_in_place_append_tag(Aad::from(aad.as_bytes()), &mut buf)
+            .ok()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
+        out.extend_from_slice(nonce.as_ref());
+        out.extend_from_slice(&buf);
+        Some(B64.encode(out))
+    }
+
+    /// Decrypts and checks a value sealed by [`seal`](Self::seal) with the same purpose and scope.
+    pub fn open<T: DeserializeOwned>(&self, purpose: &str, scope: &str, text: &str) -> Option<T> {
+        if text.len() > CHUNK * MAX_CHUNKS {
+            return None;
+        }
+        let mut raw = B64.decode(text.as_bytes()).ok()?;
+        if raw.len() < NONCE_LEN + 16 {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN]).ok()?;
+        let aad = format!("{VERSION}|{purpose}|{scope}");
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut raw[NONCE_LEN..])
+            .ok()?;
+        postcard::from_bytes(plain).ok()
+    }
+}
+
+/// Cookie settings needed to read and write session cookies.
+#[derive(Clone, Debug)]
+pub struct CookieJar {
+    pub name: String,
+    pub domain: Option<String>,
+    pub max_age: Duration,
+}
+
+impl CookieJar {
+    /// Scope a cookie is bound to: the cookie domain if one is set, else the exact host.
+    pub fn scope<'a>(&'a self, host: &'a str) -> &'a str {
+        self.domain.as_deref().unwrap_or(host)
+    }
+
+    pub fn login_name(&self) -> String {
+        format!("{}_csrf", self.name)
+    }
+
+    fn attrs(&self, path: &str, max_age: u64) -> String {
+        let mut a = format!("; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax");
+        if let Some(d) = &self.domain {
+            a.push_str("; Domain=");
+            a.push_str(d);
+        }
+        a
+    }
+
+    /// `Set-Cookie` values that store `sealed`, split into chunks, and expire leftover chunks
+    /// of an older, larger session that the request still carried.
+    pub fn set_session(&self, sealed: &str, headers: &HeaderMap) -> Vec<HeaderValue> {
+        let max_age = self.max_age.as_secs();
+        let parts: Vec<&str> = split_chunks(sealed);
+        let mut out = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let (name, value) = if i == 0 {
+                (
+                    self.name.clone(),
+                    format!("{VERSION}.{}.{part}", parts.len()),
+                )
+            } else {
+                (format!("{}_{i}", self.name), (*part).to_string())
+            };
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("{name}={value}{}", self.attrs("/", max_age)))
+            {
+                out.push(v);
+            }
+        }
+        for i in parts.len()..MAX_CHUNKS {
+            let name = format!("{}_{i}", self.name);
+            if i > 0 && cookie(headers, &name).is_some() {
+                out.extend(HeaderValue::from_str(&format!(
+                    "{name}={}",
+                    self.attrs("/", 0)
+                )));
+            }
+        }
+        out
+    }
+
+    /// `Set-Cookie` values that remove the session (every chunk) and the login cookie.
+    pub fn clear_all(&self) -> Vec<HeaderValue> {
+        let mut out = Vec::new();
+        out.extend(HeaderValue::from_str(&format!(
+            "{}={}",
+            self.name,
+            self.attrs("/", 0)
+        )));
+        for i in 1..MAX_CHUNKS {
+            out.extend(HeaderValue::from_str(&format!(
+                "{}_{i}={}",
+                self.name,
+                self.attrs("/", 0)
+            )));
+        }
+        out.extend(HeaderValue::from_str(&format!(
+            "{}={}",
+            self.login_name(),
+            self.attrs("/.portcullis/", 0)
+        )));
+        out
+    }
+
+    /// The session cookie's sealed text, reassembled from its chunks.
+    pub fn read_session(&self, headers: &HeaderMap) -> Option<String> {
+        let first = cookie(headers, &self.name)?;
+        let rest = first.strip_prefix(VERSION)?.strip_prefix('.')?;
+        let (n, head) = rest.split_once('.')?;
+        let n: usize = n.parse().ok()?;
+        if n == 0 || n > MAX_CHUNKS {
+            return None;
+        }
+        if n == 1 {
+            return Some(head.to_string());
+        }
+        let mut all = String::with_capacity(n * CHUNK);
+        all.push_str(head);
+        for i in 1..n {
+            all.push_str(cookie(headers, &format!("{}_{i}", self.name))?);
+        }
+        Some(all)
+    }
+
+    pub fn set_login(&self, sealed: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={sealed}{}",
+            self.login_name(),
+            self.attrs("/.portcullis/", 600)
+        ))
+        .ok()
+    }
+
+    pub fn clear_login(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={}",
+            self.login_name(),
+            self.attrs("/.portcullis/", 0)
+        ))
+        .ok()
+    }
+}
+
+fn split_chunks(s: &str) -> Vec<&str> {
+    // Sealed text is base64 (ASCII), so byte offsets are char boundaries.
+    let mut v = Vec::new();
+    let mut rest = s;
+    while rest.len() > CHUNK {
+        let (a, b) = rest.split_at(CHUNK);
+        v.push(a);
+        rest = b;
+    }
+    v.push(rest);
+    v
+}
+
+/// The value of cookie `name` in the request (the first, if a client sent it twice).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> CookieKey {
+        CookieKey::new(&[b; 32]).unwrap()
+    }
+
+    fn session(expires: u64, extra: usize) -> Session {
+        Session {
+            id: [7; 16],
+            identity: Identity {
+                iss: "https://idp".into(),
+                sub: "u1".into(),
+                email: Some("a@b.c".into()),
+                email_verified: Some(true),
+                groups: vec!["g".repeat(extra)],
+                claims: Default::default(),
+            },
+            expires,
+            id_token_exp: expires,
+            refresh_token: Some("r".into()),
+            id_token: None,
+        }
+    }
+
+    fn jar() -> CookieJar {
+        CookieJar {
+            name: "_p".into(),
+            domain: None,
+            max_age: Duration::from_secs(60),
+        }
+    }
+
+    fn request_with(set: &[HeaderValue]) -> HeaderMap {
+        let pairs: Vec<String> = set
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .filter(|p| !p.ends_with('='))
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(&pairs.join("; ")).unwrap());
+        h
+    }
+
+    #[test]
+    fn seal_then_open_round_trips_only_with_the_same_key_purpose_and_scope() {
+        let s = session(now() + 60, 3);
+        let sealed = key(1).seal("session", "app.test", &s).unwrap();
+        assert_eq!(
+            key(1).open::<Session>("session", "app.test", &sealed),
+            Some(s)
+        );
+        assert_eq!(
+            key(2).open::<Session>("session", "app.test", &sealed),
+            None,
+            "other key"
+        );
+        assert_eq!(
+            key(1).open::<Session>("session", "other.test", &sealed),
+            None,
+            "other host"
+        );
+        assert_eq!(
+            key(1).open::<Session>("login", "app.test", &sealed),
+            None,
+            "other purpose"
+        );
+    }
+
+    #[test]
+    fn tampered_or_truncated_cookies_are_no_session() {
+        let sealed = key(1)
+            .seal("session", "h", &session(now() + 60, 3))
+            .unwrap();
+        let bytes = B64.decode(&sealed).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert_eq!(
+                key(1).open::<Session>("session", "h", &B64.encode(&b)),
+                None,
+                "bit flip at {i}"
+            );
+        }
+        for cut in [0, 1, 10, bytes.len() - 1] {
+            assert_eq!(
+                key(1).open::<Session>("session", "h", &B64.encode(&bytes[..cut])),
+                None
+            );
+        }
+        assert_eq!(
+            key(1).open::<Session>("session", "h", "not base64 !!"),
+            None
+        );
+    }
+
+    #[test]
+    fn big_sessions_are_chunked_and_reassembled_and_a_missing_chunk_is_no_session() {
+        let jar = jar();
+        let s = session(now() + 60, 9000);
+        let sealed = key(1).seal("session", "h", &s).unwrap();
+        let set = jar.set_session(&sealed, &HeaderMap::new());
+        assert!(set.len() >= 3, "{} chunks", set.len());
+        for v in &set {
+            let v = v.to_str().unwrap();
+            assert!(v.len() < 4096, "cookie too large for a browser");
+            assert!(v.contains("; Secure; HttpOnly; SameSite=Lax"));
+        }
+        let req = request_with(&set);
+        assert_eq!(jar.read_session(&req).as_deref(), Some(sealed.as_str()));
+        // Drop the middle chunk.
+        let cookie_line = req[COOKIE].to_str().unwrap().to_string();
+        let without: Vec<&str> = cookie_line
+            .split("; ")
+            .filter(|c| !c.starts_with("_p_1="))
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(&without.join("; ")).unwrap());
+        assert_eq!(jar.read_session(&h), None);
+        // A small session after a big one expires the old chunks the browser still has.
+        let small = key(1)
+            .seal("session", "h", &session(now() + 60, 1))
+            .unwrap();
+        let set2 = jar.set_session(&small, &req);
+        assert!(set2
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("_p_1=; ")
+                && v.to_str().unwrap().contains("Max-Age=0")));
+    }
+}
