@@ -4,231 +4,23 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 pub use portcullis::config::MapEnv;
 
-/// What the echo upstream saw, returned as the JSON body of every plain request.
-#[derive(Debug, serde::Deserialize)]
-pub struct Seen {
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(String, String)>,
-    pub body_len: usize,
-    pub upstream: String,
-}
-
-impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// A Rust echo upstream: JSON of the request for HTTP, echo for WebSocket.
-/// `/slow/N` waits N ms before answering; `/stream` sends a chunk, waits, sends another.
-pub struct Echo {
-    pub addr: SocketAddr,
-    pub hits: Arc<AtomicUsize>,
-    pub name: String,
-}
-
-impl Echo {
-    pub async fn start(name: &str) -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Echo::serve(l, name, None).await
-    }
-
-    pub async fn start_tls(name: &str, cfg: Arc<rustls::ServerConfig>) -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Echo::serve(l, name, Some(cfg)).await
-    }
-
-    async fn serve(l: TcpListener, name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Echo {
-        let addr = l.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
-        let n = name.to_string();
-        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = l.accept().await else {
-                    continue;
-                };
-                let h = h.clone();
-                let n = n.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| echo(req, h.clone(), n.clone()));
-                    let b = hyper::server::conn::http1::Builder::new();
-                    match acceptor {
-                        Some(a) => {
-                            if let Ok(s) = a.accept(tcp).await {
-                                let _ = b
-                                    .serve_connection(TokioIo::new(s), svc)
-                                    .with_upgrades()
-                                    .await;
-                            }
-                        }
-                        None => {
-                            let _ = b
-                                .serve_connection(TokioIo::new(tcp), svc)
-                                .with_upgrades()
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
-        Echo {
-            addr,
-            hits,
-            name: name.to_string(),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-async fn echo(
-    mut req: Request<Incoming>,
-    hits: Arc<AtomicUsize>,
-    name: String,
-) -> Result<Response<EchoBody>, Infallible> {
-    hits.fetch_add(1, Ordering::SeqCst);
-    let path = req.uri().path().to_string();
-    if let Some(ms) = path.strip_prefix("/slow/") {
-        let ms: u64 = ms.parse().unwrap_or(1000);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    if req
-        .headers()
-        .get("upgrade")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-    {
-        let key = req.headers().get("sec-websocket-key").cloned();
-        let Some(key) = key else {
-            return Ok(Response::builder()
-                .status(400)
-                .body(Full::new(Bytes::new()).boxed())
-                .unwrap());
-        };
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(up),
-                    Role::Server,
-                    None,
-                )
-                .await;
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        if ws.send(m).await.is_err() {
-                            break;
-                        }
-                    } else if m.is_close() {
-                        break;
-                    }
-                }
-            }
-        });
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        return Ok(Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("upgrade", "websocket")
-            .header("connection", "Upgrade")
-            .header("sec-websocket-accept", accept)
-            .header("x-echo-name", name)
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap());
-    }
-    if path == "/stream" {
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(2);
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first;"))))
-                .await;
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let _ = tx
-                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"second"))))
-                .await;
-        });
-        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
-        return Ok(Response::builder()
-            .header("x-echo-name", name)
-            .body(BodyExt::boxed(body))
-            .unwrap());
-    }
-    let method = req.method().to_string();
-    let target = req.uri().to_string();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let json = serde_json::json!({
-        "method": method, "target": target, "headers": headers, "body_len": body.len(), "upstream": name,
-    });
-    Ok(Response::builder()
-        .header("content-type", "application/json")
-        .header("x-echo-name", name)
-        .header("connection", "x-upstream-hop")
-        .header("x-upstream-hop", "1")
-        .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from(json.to_string())).boxed())
-        .unwrap())
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
+#[path = "../../examples/echo.rs"]
+mod echo;
+pub use echo::{Echo, Seen};
 
 /// A running Portcullis built from YAML text.
 pub struct Proxy {

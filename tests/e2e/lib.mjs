@@ -1,0 +1,230 @@
+// Helpers for the end-to-end suite: the real Portcullis binary, the Rust echo upstream, a real
+// OpenID provider (oidc-provider) and headless Chromium (playwright-core).
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import https from 'node:https';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Provider from 'oidc-provider';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const root = path.resolve(here, '..', '..');
+const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
+export const BIN = process.env.PORTCULLIS_BIN || path.join(target, 'debug', 'portcullis');
+export const ECHO = process.env.PORTCULLIS_ECHO_BIN || path.join(target, 'debug', 'examples', 'echo');
+export const COOKIE_SECRET = 'q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=';
+export const CLIENT_SECRET = 'e2e-client-secret';
+
+/** Known users of the test IdP (the login name is the account id). */
+export const USERS = {
+  alice: { email: 'alice@example.com', email_verified: true, name: 'Alice', groups: ['staff', 'openclaw-admins'] },
+  bob: { email: 'bob@other.test', email_verified: true, name: 'Bob', groups: ['staff'] },
+  carol: { email: 'carol@example.com', email_verified: false, name: 'Carol', groups: [] },
+};
+
+export async function freePort() {
+  const srv = net.createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address();
+  srv.close();
+  await once(srv, 'close');
+  return port;
+}
+
+export async function waitForPort(port, host = '127.0.0.1', ms = 15000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, host);
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on ${host}:${port}`);
+}
+
+/**
+ * Starts oidc-provider on 127.0.0.1:port with one client (`portcullis`) whose redirect URIs
+ * are given. `idTokenTtl` (seconds) makes ID tokens short-lived to force refreshes.
+ */
+export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idTokenTtl = 3600 }) {
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, {
+    clients: [{
+      client_id: 'portcullis',
+      client_secret: CLIENT_SECRET,
+      redirect_uris: redirectUris,
+      post_logout_redirect_uris: postLogoutRedirectUris,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+    }, {
+      client_id: 'other-client',
+      client_secret: 'other-secret',
+      redirect_uris: redirectUris,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+    }],
+    async findAccount(ctx, id) {
+      const u = USERS[id];
+      if (!u) return undefined;
+      return { accountId: id, async claims() { return { sub: id, ...u }; } };
+    },
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
+    ttl: { IdToken: idTokenTtl, AccessToken: Math.max(idTokenTtl, 60), RefreshToken: 3600, Session: 3600, Grant: 3600, Interaction: 600 },
+    features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
+    cookies: { keys: ['e2e-cookie-key'] },
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    async loadExistingGrant(ctx) {
+      // Consent is granted up front: the suite tests Portcullis, not consent screens.
+      const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
+      grant.addOIDCScope('openid email profile offline_access');
+      await grant.save();
+      return grant;
+    },
+  });
+  provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+  const server = provider.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    issuer,
+    provider,
+    async close() {
+      server.closeAllConnections?.();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** The Rust echo upstream (examples/echo.rs). */
+export async function startEcho(name = 'echo') {
+  const child = spawn(ECHO, ['127.0.0.1:0', name], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const addr = await new Promise((resolve, reject) => {
+    let buf = '';
+    child.stdout.on('data', (d) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) resolve(buf.slice(0, nl).trim());
+    });
+    child.once('exit', (code) => reject(new Error(`echo exited ${code}`)));
+  });
+  return { addr, url: `http://${addr}`, stop: () => child.kill('SIGKILL') };
+}
+
+/** Runs the Portcullis binary on a config (YAML text) in `dir`; resolves once it listens. */
+export async function startPortcullis({ dir, yaml, port, env = {} }) {
+  fs.mkdirSync(dir, { recursive: true });
+  const cfg = path.join(dir, 'config.yaml');
+  fs.writeFileSync(cfg, yaml);
+  const logs = [];
+  const child = spawn(BIN, ['--config', cfg], {
+    stdio: ['ignore', 'inherit', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', ...env },
+  });
+  child.stderr.on('data', (d) => {
+    logs.push(String(d));
+    if (process.env.E2E_VERBOSE) process.stderr.write(d);
+  });
+  const exited = once(child, 'exit');
+  await Promise.race([
+    waitForPort(port),
+    exited.then(([code]) => { throw new Error(`portcullis exited ${code}:\n${logs.join('')}`); }),
+  ]);
+  return {
+    port,
+    logs,
+    child,
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const [code] = await exited;
+      return code;
+    },
+  };
+}
+
+export function tmpdir(prefix) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** Headless Debian Chromium; `*.test` names resolve to 127.0.0.1. */
+export async function launchBrowser(extraArgs = []) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync',
+      '--host-resolver-rules=MAP *.test 127.0.0.1',
+      ...extraArgs,
+    ],
+  });
+}
+
+/** Fills in the IdP's login form (oidc-provider's own interaction pages). */
+export async function idpLogin(page, login) {
+  await page.waitForSelector('input[name=login]', { timeout: 15000 });
+  await page.fill('input[name=login]', login);
+  await page.fill('input[name=password]', 'any password');
+  await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }), page.click('button[type=submit]')]);
+}
+
+/**
+ * A raw HTTPS request to Portcullis on 127.0.0.1 with SNI and Host `host` (certificates are
+ * not checked: the suite runs on a self-signed one). Resolves { status, headers, body }.
+ */
+export function request(port, host, pathAndQuery, { method = 'GET', headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: '127.0.0.1', port, servername: host, path: pathAndQuery, method,
+      headers: { host: `${host}:${port}`, ...headers }, rejectUnauthorized: false, agent: false,
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('error', reject);
+    if (body) req.write(body);
+    req.end();
+  });
+}
+
+/** The `Cookie` header value for the cookies a browser context holds for `url`. */
+export async function cookieHeader(context, url) {
+  const cookies = await context.cookies(url);
+  return cookies.map((c) => `${c.name}=${c.value}`).join('; ');
+}
+
+export function config({ port, idpPort, echo, dir, extra = '' }) {
+  return `address: 127.0.0.1:${port}
+data_dir: ${dir}/data
+cookie_secret: ${COOKIE_SECRET}
+idp_provider_url: http://127.0.0.1:${idpPort}
+idp_client_id: portcullis
+idp_client_secret: ${CLIENT_SECRET}
+log_level: info
+jwt_claims_headers:
+  X-Forwarded-User: email
+${extra}routes:
+  - from: https://app.test
+    to: ${echo}
+    allow_websockets: true
+    pass_identity_headers: true
+    policy:
+      - allow:
+          or:
+            - domain: { is: example.com }
+  - from: https://any.test
+    to: ${echo}
+    allow_any_authenticated_user: true
+  - from: https://public.test
+    to: ${echo}
+    allow_public_unauthenticated_access: true
+`;
+
+}

@@ -1,0 +1,282 @@
+// Sign-in end to end: the real Portcullis binary, oidc-provider as the IdP, headless Chromium.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import {
+  config, cookieHeader, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
+} from './lib.mjs';
+
+let browser;
+let echo;
+
+before(async () => {
+  browser = await launchBrowser();
+  echo = await startEcho('e2e');
+});
+after(async () => {
+  await browser?.close();
+  echo?.stop();
+});
+
+/** One Portcullis + IdP pair; `idTokenTtl` shortens ID tokens. */
+async function setup({ idTokenTtl = 3600, startIdpFirst = true } = {}) {
+  const port = await freePort();
+  const idpPort = await freePort();
+  const dir = tmpdir('portcullis-e2e-');
+  const hosts = ['app.test', 'any.test'];
+  const idpOpts = {
+    port: idpPort,
+    idTokenTtl,
+    redirectUris: hosts.map((h) => `https://${h}:${port}/.portcullis/callback`),
+    postLogoutRedirectUris: hosts.map((h) => `https://${h}:${port}/.portcullis/signed_out`),
+  };
+  const idp = startIdpFirst ? await startIdp(idpOpts) : null;
+  const yaml = config({ port, idpPort, echo: echo.url, dir });
+  const proxy = await startPortcullis({ dir, yaml, port });
+  return { port, idpPort, dir, yaml, idp, idpOpts, proxy, app: `https://app.test:${port}` };
+}
+
+async function signIn(context, url, user) {
+  const page = await context.newPage();
+  await page.goto(url, { waitUntil: 'domcontentloaded' });
+  assert.match(page.url(), /^http:\/\/127\.0\.0\.1:\d+\/interaction\//, 'a private window is sent to the IdP');
+  await idpLogin(page, user);
+  return page;
+}
+
+function seen(text) {
+  return JSON.parse(text);
+}
+
+function header(s, name) {
+  return s.headers.filter(([k]) => k === name).map(([, v]) => v);
+}
+
+describe('sign-in with OpenID Connect', () => {
+  test('a browser is sent to the IdP, signs in, and lands on the path it asked for', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(context, `${s.app}/some/path?x=1`, 'alice');
+      assert.equal(page.url(), `${s.app}/some/path?x=1`);
+      const body = seen(await page.locator('body').innerText());
+      assert.equal(body.target, '/some/path?x=1');
+      assert.deepEqual(header(body, 'x-forwarded-user'), ['alice@example.com']);
+      assert.deepEqual(header(body, 'x-portcullis-claim-email'), ['alice@example.com']);
+      assert.deepEqual(header(body, 'x-portcullis-claim-groups'), ['staff,openclaw-admins']);
+      assert.equal(header(body, 'x-portcullis-jwt-assertion').length, 1);
+      assert.equal(header(body, 'cookie').join(';').includes('_portcullis'), false, 'the session cookie reached the upstream');
+      const cookies = await context.cookies(s.app);
+      const session = cookies.find((c) => c.name === '_portcullis');
+      assert.ok(session, 'session cookie set');
+      assert.equal(session.secure, true);
+      assert.equal(session.httpOnly, true);
+      assert.equal(session.sameSite, 'Lax');
+      assert.equal(session.domain, 'app.test', 'host-only cookie');
+      assert.equal(cookies.some((c) => c.name === '_portcullis_csrf'), false, 'login cookie cleared');
+      // The who-am-I page shows the user, never a token.
+      const who = await request(s.port, 'app.test', '/.portcullis/', { headers: { cookie: await cookieHeader(context, s.app), accept: 'application/json' } });
+      const me = JSON.parse(who.body);
+      assert.equal(me.email, 'alice@example.com');
+      assert.deepEqual(me.groups, ['staff', 'openclaw-admins']);
+      assert.equal(/eyJ/.test(who.body), false, 'a token appeared on the who-am-I page');
+      // A WebSocket from the page works through the proxy with the session.
+      const echoed = await page.evaluate(async () => new Promise((resolve) => {
+        const ws = new WebSocket(`wss://${location.host}/ws`);
+        ws.onopen = () => ws.send('ping');
+        ws.onmessage = (m) => { resolve(m.data); ws.close(); };
+        ws.onerror = () => resolve('error');
+      }));
+      assert.equal(echoed, 'ping');
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('a user the policy refuses gets a 403 page naming them, and no WebSocket', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      const first = await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      assert.ok(first);
+      await idpLogin(page, 'bob');
+      const text = await page.locator('body').innerText();
+      assert.match(text, /403/);
+      assert.match(text, /bob@other\.test/);
+      assert.equal(await page.locator('a[href="/.portcullis/sign_out"]').count(), 1);
+      const ws = await page.evaluate(async () => new Promise((resolve) => {
+        const w = new WebSocket(`wss://${location.host}/ws`);
+        w.onopen = () => resolve('open');
+        w.onerror = () => resolve('refused');
+      }));
+      assert.equal(ws, 'refused');
+      // The same account passes a route that lets any signed-in user in.
+      await page.goto(`https://any.test:${s.port}/x`, { waitUntil: 'domcontentloaded' });
+      if (page.url().includes('/interaction/')) await idpLogin(page, 'bob');
+      assert.equal(seen(await page.locator('body').innerText()).target, '/x');
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('an unverified email never satisfies a domain rule', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(context, `${s.app}/`, 'carol');
+      assert.match(await page.locator('body').innerText(), /403/);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('requests that are not navigations get 401, forged cookies are no session', async () => {
+    const s = await setup();
+    try {
+      const api = await request(s.port, 'app.test', '/api', { headers: { accept: 'application/json' } });
+      assert.equal(api.status, 401);
+      const post = await request(s.port, 'app.test', '/api', { method: 'POST', headers: { accept: 'text/html' }, body: 'x' });
+      assert.equal(post.status, 401);
+      const nav = await request(s.port, 'app.test', '/page', { headers: { accept: 'text/html' } });
+      assert.equal(nav.status, 302);
+      assert.match(nav.headers.location, new RegExp(`^http://127\\.0\\.0\\.1:${s.idpPort}/auth\\?`));
+      const loc = new URL(nav.headers.location);
+      assert.equal(loc.searchParams.get('code_challenge_method'), 'S256');
+      assert.ok(loc.searchParams.get('state') && loc.searchParams.get('nonce'));
+      assert.equal(loc.searchParams.get('redirect_uri'), `${s.app}/.portcullis/callback`);
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      await signIn(context, `${s.app}/`, 'alice');
+      const good = await cookieHeader(context, s.app);
+      assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: good, accept: 'application/json' } })).status, 200);
+      const forged = good.replace(/(_portcullis=v1\.1\.)(.)/, (m, p, c) => p + (c === 'A' ? 'B' : 'A'));
+      assert.notEqual(forged, good);
+      assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: forged, accept: 'application/json' } })).status, 401);
+      // A session made for app.test does not open on another route host.
+      assert.equal((await request(s.port, 'any.test', '/x', { headers: { cookie: good, accept: 'application/json' } })).status, 401);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('a wrong state and a replayed callback are refused', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      // The login cookie exists now; a callback with another state must fail.
+      const bad = await page.goto(`${s.app}/.portcullis/callback?code=made-up&state=wrong`, { waitUntil: 'domcontentloaded' });
+      assert.equal(bad.status(), 400);
+      // A real sign-in, recording the callback URL.
+      let callback;
+      page.on('request', (r) => { if (r.url().includes('/.portcullis/callback')) callback = r.url(); });
+      await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      await idpLogin(page, 'alice');
+      assert.ok(callback, 'callback seen');
+      assert.equal(page.url(), `${s.app}/`);
+      const replay = await page.goto(callback, { waitUntil: 'domcontentloaded' });
+      assert.equal(replay.status(), 400);
+      // A replayed callback in a fresh browser (no login cookie) is refused too.
+      const other = await browser.newContext({ ignoreHTTPSErrors: true });
+      const p2 = await other.newPage();
+      assert.equal((await p2.goto(callback, { waitUntil: 'domcontentloaded' })).status(), 400);
+      assert.equal((await other.cookies(s.app)).some((c) => c.name === '_portcullis'), false);
+      await other.close();
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('sign-out ends the session at the IdP too; the old cookie is refused, also after a restart', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(context, `${s.app}/`, 'alice');
+      const stolen = await cookieHeader(context, s.app);
+      assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } })).status, 200);
+      await page.goto(`${s.app}/.portcullis/sign_out`, { waitUntil: 'domcontentloaded' });
+      // oidc-provider asks for confirmation (RP-initiated logout).
+      await page.waitForSelector('button[name=logout]', { timeout: 15000 });
+      await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }), page.click('button[name=logout]')]);
+      assert.equal(new URL(page.url()).pathname, '/.portcullis/signed_out');
+      assert.match(await page.locator('body').innerText(), /signed out/i);
+      assert.equal((await context.cookies(s.app)).some((c) => c.name === '_portcullis'), false, 'cookie cleared');
+      const replay = await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
+      assert.equal(replay.status, 401, 'a copy of the cookie taken before sign-out still works');
+      // The IdP session is over: the next visit shows its login form again.
+      await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      await page.waitForSelector('input[name=login]', { timeout: 15000 });
+      // Restart Portcullis on the same data_dir: the revocation is remembered.
+      assert.equal(await s.proxy.stop(), 0, 'SIGTERM exits 0');
+      const again = await startPortcullis({ dir: s.dir, yaml: s.yaml, port: s.port });
+      try {
+        const r = await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
+        assert.equal(r.status, 401, 'revocation forgotten across a restart');
+      } finally {
+        await again.stop();
+      }
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('an expired ID token is refreshed with the refresh token and the user stays in', async () => {
+    const s = await setup({ idTokenTtl: 2 });
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      await signIn(context, `${s.app}/`, 'alice');
+      const cookie = await cookieHeader(context, s.app);
+      await new Promise((r) => setTimeout(r, 3500));
+      const r = await request(s.port, 'app.test', '/after', { headers: { cookie, accept: 'application/json' } });
+      assert.equal(r.status, 200, r.body);
+      assert.deepEqual(header(seen(r.body), 'x-forwarded-user'), ['alice@example.com']);
+      const set = [r.headers['set-cookie']].flat().filter(Boolean);
+      assert.ok(set.some((c) => c.startsWith('_portcullis=v1.')), 'a refreshed session cookie was set');
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('with the IdP down at start, public paths still serve and protected ones answer 503 until it is up', async () => {
+    const s = await setup({ startIdpFirst: false });
+    let idp;
+    try {
+      const down = await request(s.port, 'app.test', '/', { headers: { accept: 'text/html' } });
+      assert.equal(down.status, 503);
+      assert.match(down.body, /sign-in service cannot be reached/);
+      const pub = await request(s.port, 'public.test', '/open', { headers: { accept: 'text/html' } });
+      assert.equal(pub.status, 200);
+      assert.equal(JSON.parse(pub.body).target, '/open');
+
+      idp = await startIdp(s.idpOpts);
+      const end = Date.now() + 20000;
+      let status = 503;
+      while (status === 503 && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 250));
+        status = (await request(s.port, 'app.test', '/', { headers: { accept: 'text/html' } })).status;
+      }
+      assert.equal(status, 302, 'discovery did not recover within the backoff cap');
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(context, `${s.app}/ok`, 'alice');
+      assert.equal(page.url(), `${s.app}/ok`);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await idp?.close();
+    }
+  });
+});
