@@ -31,11 +31,14 @@ struct Claims<'a> {
     exp: u64,
 }
 
+type CacheKey = ([u8; 16], usize);
+
 pub struct Signer {
     key: EncodingKey,
     kid: String,
     jwks: String,
-    cache: Mutex<HashMap<([u8; 16], usize), (HeaderValue, u64)>>,
+    /// (session id, route index) → (token, issued at).
+    cache: Mutex<HashMap<CacheKey, (HeaderValue, u64)>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -114,9 +117,58 @@ impl Signer {
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_MAX {
                 c.retain(|_, (_, iat)| now.saturating_sub(*iat) < REUSE);
+                if c.len() >= CACHE_MAX / 2 {
+                    // Over capacity with fresh entries only: start over rather than paying a
+                    // full scan on every insert (each entry just gets signed once more).
+                    c.clear();
+                }
             }
+
             c.insert((*session, route), (v.clone(), now));
         }
         Some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assertion_is_signed_once_a_minute_per_session_and_route() {
+        let (s, generated) = Signer::new(None).unwrap();
+        assert!(generated);
+        let id = Identity {
+            sub: "x".into(),
+            ..Default::default()
+        };
+        let a = s.assertion(&[1; 16], 0, "https://a", "b", &id).unwrap();
+        assert_eq!(
+            s.assertion(&[1; 16], 0, "https://a", "b", &id),
+            Some(a.clone()),
+            "re-signed within a minute"
+        );
+        assert_ne!(
+            s.assertion(&[2; 16], 0, "https://a", "b", &id),
+            Some(a.clone()),
+            "another session shares a token"
+        );
+        assert_ne!(
+            s.assertion(&[1; 16], 1, "https://a", "b", &id),
+            Some(a),
+            "another route shares a token"
+        );
+        assert!(
+            s.jwks().contains("\"kty\":\"EC\"") && !s.jwks().contains("\"d\""),
+            "JWKS must hold the public key only"
+        );
+    }
+
+    #[test]
+    fn a_configured_key_must_be_an_ec_p256_pem() {
+        assert!(Signer::new(Some("not a key")).is_err());
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (_, generated) = Signer::new(Some(&kp.serialize_pem())).unwrap();
+        assert!(!generated);
     }
 }

@@ -100,9 +100,12 @@ impl Auth {
 
 /// Refreshes in progress or just done, by session id: concurrent requests of one session
 /// share one refresh (a rotated refresh token can be used only once).
+type RefreshCell = Arc<tokio::sync::OnceCell<Option<Session>>>;
+
 #[derive(Default)]
 pub struct Refreshes {
-    map: Mutex<HashMap<[u8; 16], (Arc<tokio::sync::OnceCell<Option<Session>>>, u64)>>,
+    /// session id → (shared result, started at).
+    map: Mutex<HashMap<[u8; 16], (RefreshCell, u64)>>,
 }
 
 impl Refreshes {

@@ -1,5 +1,6 @@
 // Sign-in end to end: the real Portcullis binary, oidc-provider as the IdP, headless Chromium.
 import assert from 'node:assert/strict';
+import * as jose from 'jose';
 import { after, before, describe, test } from 'node:test';
 import {
   config, cookieHeader, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
@@ -63,7 +64,23 @@ describe('sign-in with OpenID Connect', () => {
       assert.deepEqual(header(body, 'x-forwarded-user'), ['alice@example.com']);
       assert.deepEqual(header(body, 'x-portcullis-claim-email'), ['alice@example.com']);
       assert.deepEqual(header(body, 'x-portcullis-claim-groups'), ['staff,openclaw-admins']);
-      assert.equal(header(body, 'x-portcullis-jwt-assertion').length, 1);
+      // The assertion verifies against Portcullis's JWKS with an independent verifier (jose).
+      const [assertion] = header(body, 'x-portcullis-jwt-assertion');
+      const jwks = JSON.parse((await request(s.port, 'app.test', '/.well-known/portcullis/jwks.json')).body);
+      const { payload, protectedHeader } = await jose.jwtVerify(assertion, jose.createLocalJWKSet(jwks), {
+        algorithms: ['ES256'], issuer: s.app, audience: '127.0.0.1',
+      });
+      assert.equal(protectedHeader.alg, 'ES256');
+      assert.equal(payload.sub, 'alice');
+      assert.equal(payload.email, 'alice@example.com');
+      assert.deepEqual(payload.groups, ['staff', 'openclaw-admins']);
+      assert.ok(payload.exp > payload.iat && payload.exp - payload.iat <= 300);
+      // A token signed by another key does not verify against that JWKS.
+      const { privateKey } = await jose.generateKeyPair('ES256');
+      const forged = await new jose.SignJWT({ email: 'alice@example.com' }).setProtectedHeader({ alg: 'ES256', kid: jwks.keys[0].kid })
+        .setIssuer(s.app).setAudience('127.0.0.1').setSubject('alice').setExpirationTime('5m').sign(privateKey);
+      await assert.rejects(jose.jwtVerify(forged, jose.createLocalJWKSet(jwks)));
+
       assert.equal(header(body, 'cookie').join(';').includes('_portcullis'), false, 'the session cookie reached the upstream');
       const cookies = await context.cookies(s.app);
       const session = cookies.find((c) => c.name === '_portcullis');
