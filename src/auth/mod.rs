@@ -142,3 +142,74 @@ impl Refreshes {
 
 /// A `Set-Cookie` value list to add to whatever response a request ends with.
 pub type SetCookies = Vec<HeaderValue>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Identity;
+
+    struct Revoked(Option<[u8; 16]>);
+    impl RevocationStore for Revoked {
+        fn revoke(&self, _: &[u8; 16], _: u64) -> Result<(), String> {
+            Ok(())
+        }
+        fn is_revoked(&self, id: &[u8; 16]) -> bool {
+            self.0 == Some(*id)
+        }
+    }
+
+    fn auth() -> Auth {
+        Auth {
+            key: Some(CookieKey::new(&[3; 32]).unwrap()),
+            jar: CookieJar {
+                name: "_p".into(),
+                domain: None,
+                max_age: Duration::from_secs(60),
+            },
+            oidc: None,
+            signer: Arc::new(Signer::new(None).unwrap().0),
+            signing_key_pem: None,
+        }
+    }
+
+    fn headers_for(a: &Auth, s: &Session) -> HeaderMap {
+        let sealed = a.seal("h", s).unwrap();
+        let mut h = HeaderMap::new();
+        for v in a.jar.set_session(&sealed, &HeaderMap::new()) {
+            let pair = v.to_str().unwrap().split(';').next().unwrap().to_string();
+            h.append(http::header::COOKIE, pair.parse().unwrap());
+        }
+        h
+    }
+
+    fn session(expires: u64) -> Session {
+        Session {
+            id: [5; 16],
+            identity: Identity {
+                sub: "u".into(),
+                ..Default::default()
+            },
+            expires,
+            id_token_exp: expires,
+            refresh_token: None,
+            id_token: None,
+        }
+    }
+
+    #[test]
+    fn expired_and_revoked_sessions_are_no_session() {
+        let a = auth();
+        let live = headers_for(&a, &session(now() + 60));
+        assert!(a.open(&Revoked(None), "h", &live).is_some());
+        assert!(
+            a.open(&Revoked(Some([5; 16])), "h", &live).is_none(),
+            "revoked"
+        );
+        assert!(
+            a.open(&Revoked(None), "other", &live).is_none(),
+            "other host"
+        );
+        let expired = headers_for(&a, &session(now() - 1));
+        assert!(a.open(&Revoked(None), "h", &expired).is_none(), "expired");
+    }
+}

@@ -90,7 +90,23 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal(session.sameSite, 'Lax');
       assert.equal(session.domain, 'app.test', 'host-only cookie');
       assert.equal(cookies.some((c) => c.name === '_portcullis_csrf'), false, 'login cookie cleared');
+      // Identity a client claims for itself never reaches the upstream, signed in or not.
+      const cookie = await cookieHeader(context, s.app);
+      const spoof = {
+        'x-forwarded-user': 'root@example.com', 'x_forwarded_user': 'root@example.com', 'x-portcullis-jwt-assertion': 'forged',
+        'x-portcullis-claim-email': 'root@example.com', 'x-portcullis-claim-groups': 'admins', 'x-forwarded-for': '10.0.0.1',
+      };
+      const spoofed = seen((await request(s.port, 'app.test', '/spoof', { headers: { cookie, accept: 'application/json', ...spoof } })).body);
+      assert.deepEqual(header(spoofed, 'x-forwarded-user'), ['alice@example.com']);
+      assert.deepEqual(header(spoofed, 'x-portcullis-claim-email'), ['alice@example.com']);
+      assert.deepEqual(header(spoofed, 'x-portcullis-claim-groups'), ['staff,openclaw-admins']);
+      assert.deepEqual(header(spoofed, 'x_forwarded_user'), []);
+      assert.deepEqual(header(spoofed, 'x-forwarded-for'), ['127.0.0.1']);
+      assert.notEqual(header(spoofed, 'x-portcullis-jwt-assertion')[0], 'forged');
+      const anon = seen((await request(s.port, 'public.test', '/spoof', { headers: spoof })).body);
+      for (const h of Object.keys(spoof).filter((h) => h !== 'x-forwarded-for')) assert.deepEqual(header(anon, h), [], h);
       // The who-am-I page shows the user, never a token.
+
       const who = await request(s.port, 'app.test', '/.portcullis/', { headers: { cookie: await cookieHeader(context, s.app), accept: 'application/json' } });
       const me = JSON.parse(who.body);
       assert.equal(me.email, 'alice@example.com');
