@@ -103,3 +103,40 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         tasks,
     })
 }
+
+/// A small plain-HTTP/1.1 listener (redirect port, admin port) whose answers need no I/O.
+pub(crate) async fn serve_small<F>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    answer: F,
+) where
+    F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<crate::proxy::Body>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let period = std::time::Duration::from_millis(50);
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => { tokio::time::sleep(period).await; continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let r = answer(&req);
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
