@@ -8,6 +8,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import crypto from 'node:crypto';
+import * as jose from 'jose';
 import Provider from 'oidc-provider';
 import { chromium } from 'playwright-core';
 
@@ -56,7 +58,12 @@ export async function waitForPort(port, host = '127.0.0.1', ms = 15000) {
  */
 export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idTokenTtl = 3600 }) {
   const issuer = `http://127.0.0.1:${port}`;
+  // Fresh signing keys for every IdP instance (a restarted IdP has rotated its keys).
+  const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+  const jwk = { ...(await jose.exportJWK(privateKey)), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
   const provider = new Provider(issuer, {
+    jwks: { keys: [jwk] },
+
     clients: [{
       client_id: 'portcullis',
       client_secret: CLIENT_SECRET,

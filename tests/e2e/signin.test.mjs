@@ -265,7 +265,29 @@ describe('sign-in with OpenID Connect', () => {
     }
   });
 
+  test('an ID token signed by a key Portcullis has not seen makes it fetch the keys again', async () => {
+    const s = await setup();
+    let idp2;
+    try {
+      const a = await browser.newContext({ ignoreHTTPSErrors: true });
+      await signIn(a, `${s.app}/before`, 'alice');
+      await a.close();
+      // The IdP restarts with new signing keys; Portcullis still holds the old JWKS.
+      await s.idp.close();
+      idp2 = await startIdp(s.idpOpts);
+      const b = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(b, `${s.app}/after-rotation`, 'alice');
+      assert.equal(page.url(), `${s.app}/after-rotation`);
+      assert.equal(seen(await page.locator('body').innerText()).target, '/after-rotation');
+      await b.close();
+    } finally {
+      await s.proxy.stop();
+      await idp2?.close();
+    }
+  });
+
   test('an expired ID token is refreshed with the refresh token and the user stays in', async () => {
+
     const s = await setup({ idTokenTtl: 2 });
     try {
       const context = await browser.newContext({ ignoreHTTPSErrors: true });
