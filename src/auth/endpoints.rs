@@ -235,6 +235,8 @@ fn sign_out(
     let Some(s) = session else {
         return redirect(&post_logout);
     };
+    // Open WebSockets of this session close now (none listening is fine).
+    let _ = shared.signed_out.send(s.id);
     if let Err(e) = shared.store.revoke(&s.id, s.expires) {
         // The cookie is cleared anyway; a copy of it would still work: say so loudly.
         tracing::error!(error = %e, "could not record the sign-out; a copied cookie stays valid until it expires");

@@ -37,6 +37,8 @@ pub struct Shared {
     /// Revoked session ids (sign-out).
     pub store: Arc<dyn RevocationStore>,
     pub refreshes: Refreshes,
+    /// Session ids as they sign out: open WebSockets of that session close at once.
+    pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
 }
 
 /// What a request accumulates on its way: access-log fields and cookies to set.
@@ -164,9 +166,9 @@ async fn inner(
         None
     };
 
-    let (sid, identity) = match session {
-        Some(s) => (Some(s.id), Some(Arc::new(s.identity))),
-        None => (None, None),
+    let (sid, session_expires, identity) = match session {
+        Some(s) => (Some(s.id), Some(s.expires), Some(Arc::new(s.identity))),
+        None => (None, None, None),
     };
     cx.user = identity
         .as_ref()
@@ -251,10 +253,19 @@ async fn inner(
             return Err(ProxyError::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let ends = match (sid, session_expires) {
+            (Some(id), Some(expires)) => Some(websocket::Ends {
+                session: id,
+                expires,
+                signed_out: shared.signed_out.subscribe(),
+            }),
+            _ => None,
+        };
         tokio::spawn(websocket::splice(
             client_upgrade,
             upstream_upgrade,
             route.name.clone(),
+            ends,
         ));
     }
     let (mut rparts, rbody) = resp.into_parts();

@@ -48,8 +48,52 @@ pub fn same_origin(origin: &str, https: bool, target: &Target) -> bool {
         && u.port_or_known_default() == Some(target.port.unwrap_or(default))
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded connections.
-pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String) {
+/// What ends a signed-in user's WebSocket besides either side closing it.
+pub struct Ends {
+    pub session: [u8; 16],
+    /// Unix seconds: the session's end.
+    pub expires: u64,
+    pub signed_out: tokio::sync::broadcast::Receiver<[u8; 16]>,
+}
+
+/// Close code sent when access ends (1008, policy violation), with a reason the page can show.
+pub const CLOSE_POLICY: u16 = 1008;
+
+/// A WebSocket close frame from the server (unmasked), reason cut to fit a control frame.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.push(0x88);
+    f.push(u8::try_from(2 + reason.len()).unwrap_or(125));
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason);
+    f
+}
+
+async fn ended(ends: &mut Option<Ends>) -> &'static str {
+    let Some(e) = ends else {
+        return std::future::pending().await;
+    };
+    let left = e.expires.saturating_sub(crate::auth::session::now());
+    let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            _ = &mut expiry => return "session expired: sign in again",
+            r = e.signed_out.recv() => match r {
+                Ok(id) if id == e.session => return "signed out: sign in again",
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections,
+/// until either side closes or (for a signed-in user) the session expires or signs out: then
+/// the upstream side is dropped and the client gets a close frame (1008) saying why.
+pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String, mut ends: Option<Ends>) {
+    use tokio::io::AsyncWriteExt;
     let (c, u) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -59,8 +103,18 @@ pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String) {
     };
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
-    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        Ok((up, down)) => tracing::debug!(%route, up, down, "websocket closed"),
-        Err(e) => tracing::debug!(%route, error = %e, "websocket ended"),
-    }
+    let why = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+            match r {
+                Ok((up, down)) => tracing::debug!(%route, up, down, "websocket closed"),
+                Err(e) => tracing::debug!(%route, error = %e, "websocket ended"),
+            }
+            return;
+        }
+        why = ended(&mut ends) => why,
+    };
+    drop(u);
+    tracing::info!(%route, reason = why, "closing websocket: access ended");
+    let _ = c.write_all(&close_frame(CLOSE_POLICY, why)).await;
+    let _ = c.shutdown().await;
 }

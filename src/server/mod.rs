@@ -60,6 +60,7 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         runtime: ArcSwap::from_pointee(rt),
         store: Arc::new(store),
         refreshes: crate::auth::Refreshes::default(),
+        signed_out: tokio::sync::broadcast::channel(256).0,
     });
     let (tx, rx) = watch::channel(false);
     let main = TcpListener::bind(settings.address).await?;
