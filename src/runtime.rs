@@ -20,6 +20,8 @@ pub struct Runtime {
     pub warnings: Vec<String>,
     /// Sign-in: cookie key, IdP, assertion signer.
     pub auth: Auth,
+    /// Files the config names; the watcher reloads when one changes.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 impl Runtime {
@@ -34,6 +36,7 @@ impl Runtime {
             settings,
             routes,
             mut warnings,
+            files,
         } = compiled;
         let routes = RouteTable::new(routes);
         let certs = if settings.insecure_server {
@@ -71,6 +74,7 @@ impl Runtime {
             certs,
             warnings,
             auth,
+            files,
         })
     }
 

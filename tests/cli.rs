@@ -290,3 +290,96 @@ fn sigterm_drains_and_exits_0_and_health_probes_readyz() {
         Some(1)
     );
 }
+
+/// Status code of `GET /` with `Host: host` (plain HTTP, std only).
+fn status(port: u16, host: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12)?.parse().ok()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_running_proxy_picks_up_config_edits_however_the_file_is_replaced_and_keeps_the_last_good_one(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let route = |h: &str| {
+        format!("  - from: http://{h}\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n")
+    };
+    let head = format!("address: 127.0.0.1:{port}\ninsecure_server: true\nroutes:\n");
+    // The config path is a symlink, as a Kubernetes ConfigMap mounts it.
+    let v1 = dir.path().join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("config.yaml"), format!("{head}{}", route("a.test"))).unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::os::unix::fs::symlink(v1.join("config.yaml"), &cfg).unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("start", || status(port, "a.test") == Some(502));
+    assert_eq!(status(port, "b.test"), Some(404));
+
+    // 1. truncate-and-write in place.
+    std::fs::write(
+        v1.join("config.yaml"),
+        format!("{head}{}{}", route("a.test"), route("b.test")),
+    )
+    .unwrap();
+    wait_for("in-place edit", || status(port, "b.test") == Some(502));
+    // 2. a broken edit: refused, the last good config keeps serving.
+    std::fs::write(
+        v1.join("config.yaml"),
+        format!("{head}  - from: http://c.test\n    to: gopher://x\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status(port, "b.test"), Some(502));
+    assert_eq!(status(port, "c.test"), Some(404));
+    // 3. rename over (what most editors do).
+    let tmp = v1.join(".config.yaml.swp");
+    std::fs::write(&tmp, format!("{head}{}", route("c.test"))).unwrap();
+    std::fs::rename(&tmp, v1.join("config.yaml")).unwrap();
+    wait_for("rename-over", || status(port, "c.test") == Some(502));
+    assert_eq!(status(port, "b.test"), Some(404));
+    // 4. symlink swap to another directory.
+    let v2 = dir.path().join("v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("config.yaml"), format!("{head}{}", route("d.test"))).unwrap();
+    let link_tmp = dir.path().join("config.yaml.new");
+    std::os::unix::fs::symlink(v2.join("config.yaml"), &link_tmp).unwrap();
+    std::fs::rename(&link_tmp, &cfg).unwrap();
+    wait_for("symlink swap", || status(port, "d.test") == Some(502));
+    assert_eq!(status(port, "c.test"), Some(404));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

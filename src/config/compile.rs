@@ -76,6 +76,8 @@ pub struct Compiled {
     pub routes: Vec<Route>,
     /// Things worth a warning at load time (insecure choices, defaults taken).
     pub warnings: Vec<String>,
+    /// Files the config names (certificates, keys, secrets, CAs): a change reloads.
+    pub files: Vec<PathBuf>,
 }
 
 struct Ctx<'a> {
@@ -83,6 +85,7 @@ struct Ctx<'a> {
     env_keys: BTreeSet<&'static str>,
     base_dir: PathBuf,
     warnings: Vec<String>,
+    files: Vec<PathBuf>,
 }
 
 impl Ctx<'_> {
@@ -110,7 +113,9 @@ impl Ctx<'_> {
 
     /// Reads a file the config names, relative to the config file's folder.
     fn read(&mut self, key: &str, pos: Pos, p: &str) -> Option<String> {
-        match std::fs::read_to_string(self.path(p)) {
+        let path = self.path(p);
+        self.files.push(path.clone());
+        match std::fs::read_to_string(path) {
             Ok(s) => Some(s),
             Err(e) => {
                 self.top(key, pos, format!("{key}: cannot read `{p}`: {e}"));
@@ -136,6 +141,7 @@ pub fn compile(
         env_keys,
         base_dir: base_dir.to_path_buf(),
         warnings: Vec::new(),
+        files: Vec::new(),
     };
     let settings = settings(&raw, &mut cx);
     let mut routes = Vec::new();
@@ -154,11 +160,21 @@ pub fn compile(
             }
         }
     }
-    let Ctx { errs, warnings, .. } = cx;
+    let Ctx {
+        errs,
+        warnings,
+        mut files,
+        ..
+    } = cx;
+    for c in &settings.certificates {
+        files.push(c.cert.clone());
+        files.push(c.key.clone());
+    }
     errs.finish(Compiled {
         settings,
         routes,
         warnings,
+        files,
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod listener;
 pub mod redirect;
+pub mod reload_watch;
 pub mod signals;
 
 use arc_swap::ArcSwap;

@@ -18,8 +18,12 @@ pub async fn run_until_stopped(handle: &Handle, config: &Path) {
         std::future::pending::<()>().await;
         return;
     };
+    let watcher = super::reload_watch::run(handle, config);
+    tokio::pin!(watcher);
     loop {
         tokio::select! {
+            _ = &mut watcher => {}
+
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); return; }
             _ = hup.recv() => { reload(handle, config); }

@@ -1,0 +1,58 @@
+//! Reload when the config file (or a file it names) changes. Polling, not inotify: it sees
+//! every way editors and orchestrators replace files (rename over, truncate-and-write, a
+//! Kubernetes ConfigMap's symlink swap, a bind-mounted directory) the same way, by content.
+//! A change is taken only once the content has stayed the same for a moment, so a
+//! half-written file is not read; and a file that does not parse is refused anyway, with the
+//! old config serving on.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Handle;
+
+/// How often files are looked at.
+pub const POLL: Duration = Duration::from_millis(500);
+
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in paths {
+        p.hash(&mut h);
+        match std::fs::read(p) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn watched(handle: &Handle, config: &Path) -> Vec<PathBuf> {
+    let mut v = vec![config.to_path_buf()];
+    v.extend(handle.shared.runtime.load().files.iter().cloned());
+    v
+}
+
+/// Runs until the process stops.
+pub async fn run(handle: &Handle, config: &Path) {
+    let mut paths = watched(handle, config);
+    let mut seen = fingerprint(&paths);
+    loop {
+        tokio::time::sleep(POLL).await;
+        let now = fingerprint(&paths);
+        if now == seen {
+            continue;
+        }
+        // Let the writer finish: take the content once it is unchanged for one more period.
+        tokio::time::sleep(POLL).await;
+        let settled = fingerprint(&paths);
+        if settled != now {
+            continue;
+        }
+        seen = settled;
+        tracing::info!(config = %config.display(), "config or a file it names changed");
+        if super::signals::reload(handle, config) {
+            paths = watched(handle, config);
+            seen = fingerprint(&paths);
+        }
+    }
+}
