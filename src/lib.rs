@@ -7,6 +7,8 @@ pub mod auth;
 pub mod cli;
 
 pub mod config;
+pub mod metrics;
+
 pub mod policy;
 pub mod proxy;
 pub mod route;

@@ -199,3 +199,104 @@ async fn signing_out_closes_the_sessions_open_websockets_and_no_others() {
         401
     );
 }
+
+fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_decisions_websockets_and_reloads() {
+    let echo = Echo::start("a").await;
+    let yaml = format!(
+        "address: 127.0.0.1:0\nmetrics_address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\n\
+         routes:\n  - from: http://app.test\n    to: {}\n    allow_websockets: true\n    allowed_domains: [example.com]\n\
+         \x20 - from: http://down.test\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n",
+        echo.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let admin = p.handle.admin_addr.unwrap();
+    let scrape = || async move { get(admin, "localhost", "/metrics", &[]).await.text() };
+    let cookie = cookie_for("app.test", now() + 600);
+    assert_eq!(
+        get(p.addr(), "app.test", "/a", &[("cookie", &cookie)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(p.addr(), "app.test", "/b", &[("cookie", &cookie)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(p.addr(), "app.test", "/c", &[]).await.status, 401);
+    assert_eq!(get(p.addr(), "down.test", "/", &[]).await.status, 502);
+    let mut ws = ws_connect(
+        p.addr(),
+        "app.test",
+        "/ws",
+        &[("origin", "http://app.test"), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "x").await.as_deref(), Some("x"));
+    let m = scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_requests_total{route=\"http://app.test\",method=\"GET\",status=\"2xx\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_requests_total{route=\"http://app.test\",method=\"GET\",status=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_policy_decisions_total{decision=\"unauthenticated\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&m, "portcullis_policy_decisions_total{decision=\"allow\"}").unwrap() >= 3.0);
+    assert_eq!(
+        metric(&m, "portcullis_upstream_errors_total{kind=\"unavailable\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "portcullis_websockets_open "), Some(1.0));
+    assert!(
+        !m.contains("/a\"") && !m.contains("/ws"),
+        "raw paths became labels"
+    );
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&scrape().await, "portcullis_websockets_open "),
+        Some(0.0)
+    );
+    // A refused reload is counted; a good one too.
+    std::fs::write(&p.config, "routes: [oops\n").unwrap();
+    assert!(!portcullis::server::signals::reload(&p.handle, &p.config));
+    std::fs::write(&p.config, &yaml).unwrap();
+    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    let m = scrape().await;
+    assert_eq!(
+        metric(&m, "portcullis_config_reload_failures_total "),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "portcullis_config_reloads_total "), Some(1.0));
+    assert_eq!(
+        get(p.addr(), "app.test", "/d", &[("cookie", &cookie)])
+            .await
+            .status,
+        200
+    );
+}

@@ -120,7 +120,12 @@ pub async fn serve(
                 query_param(q, "redirect_uri").map_or_else(|| "/".to_string(), |r| safe_return(&r));
             start_login(rt, https, target, to, cookies)
         }
-        CALLBACK => callback(rt, https, target, req, cookies).await,
+        CALLBACK => {
+            let r = callback(rt, https, target, req, cookies).await;
+            shared.metrics.sign_in(r.is_ok());
+            r
+        }
+
         "/.portcullis/sign_out" => sign_out(rt, shared, https, target, req, cookies),
         SIGNED_OUT => Ok(info_page(
             "Signed out",

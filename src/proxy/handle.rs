@@ -39,6 +39,7 @@ pub struct Shared {
     pub refreshes: Refreshes,
     /// Session ids as they sign out: open WebSockets of that session close at once.
     pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What a request accumulates on its way: access-log fields and cookies to set.
@@ -73,6 +74,14 @@ pub async fn handle(
     for c in cx.cookies.drain(..) {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
+    shared.metrics.request(
+        cx.route.as_deref(),
+        &method,
+        resp.status().as_u16(),
+        start.elapsed(),
+        cx.decision,
+    );
+
     tracing::info!(
         target: "portcullis::access",
         route = cx.route.as_deref().unwrap_or("-"),
@@ -261,12 +270,12 @@ async fn inner(
             }),
             _ => None,
         };
-        tokio::spawn(websocket::splice(
-            client_upgrade,
-            upstream_upgrade,
-            route.name.clone(),
-            ends,
-        ));
+        let guard = shared.metrics.websocket_guard();
+        let name = route.name.clone();
+        tokio::spawn(async move {
+            let _open = guard;
+            websocket::splice(client_upgrade, upstream_upgrade, name, ends).await;
+        });
     }
     let (mut rparts, rbody) = resp.into_parts();
     headers::response_headers(&mut rparts.headers, upgraded);

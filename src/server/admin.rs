@@ -35,6 +35,19 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut r = Response::new(
+                Full::new(Bytes::from(shared.metrics.render()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+
         // The listeners are bound before this listener starts and a runtime is always
         // loaded; what can still be missing is the identity provider.
         "/readyz" => {

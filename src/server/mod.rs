@@ -23,6 +23,7 @@ pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1
 pub struct Handle {
     pub addr: SocketAddr,
     pub redirect_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -62,6 +63,7 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         store: Arc::new(store),
         refreshes: crate::auth::Refreshes::default(),
         signed_out: tokio::sync::broadcast::channel(256).0,
+        metrics: crate::metrics::Metrics::new(),
     });
     let (tx, rx) = watch::channel(false);
     let main = TcpListener::bind(settings.address).await?;
@@ -91,8 +93,10 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
             rx.clone(),
         )));
     }
+    let mut admin_addr = None;
     if let Some(a) = settings.metrics_address {
         let l = TcpListener::bind(a).await?;
+        admin_addr = Some(l.local_addr()?);
         tracing::info!(addr = %l.local_addr()?, "admin listener (/healthz, /readyz)");
         tasks.push(tokio::spawn(admin::serve(l, shared.clone(), rx.clone())));
     }
@@ -100,7 +104,9 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
     Ok(Handle {
         addr,
         redirect_addr,
+        admin_addr,
         shared,
+
         shutdown: tx,
         tasks,
     })

@@ -48,12 +48,14 @@ pub fn reload(handle: &Handle, config: &Path) -> bool {
             }
             handle.swap(rt);
             tracing::info!(config = %config.display(), "config reloaded");
+            handle.shared.metrics.reload(true);
             true
         }
         Err(errs) => {
             for e in &errs.0 {
                 tracing::error!("config reload refused, the previous config keeps serving: {e}");
             }
+            handle.shared.metrics.reload(false);
             false
         }
     }
