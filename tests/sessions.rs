@@ -300,3 +300,61 @@ async fn metrics_count_requests_decisions_websockets_and_reloads() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_reload_closes_the_websockets_it_no_longer_allows_and_keeps_the_others() {
+    let echo = Echo::start("a").await;
+    let yaml = |domain: &str, public: &str| {
+        format!(
+            "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\n\
+             routes:\n  - from: http://app.test\n    to: {e}\n    allow_websockets: true\n    allowed_domains: [{domain}]\n\
+             \x20 - from: http://pub.test\n    to: {e}\n    allow_websockets: true\n    {public}\n",
+            e = echo.url()
+        )
+    };
+    let p = Proxy::start(&yaml(
+        "example.com",
+        "allow_public_unauthenticated_access: true",
+    ))
+    .await;
+    let cookie = cookie_for("app.test", now() + 600);
+    let mut ws = ws_connect(
+        p.addr(),
+        "app.test",
+        "/ws",
+        &[("origin", "http://app.test"), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    let mut anon = ws_connect(
+        p.addr(),
+        "pub.test",
+        "/ws",
+        &[("origin", "http://pub.test")],
+    )
+    .await
+    .expect("upgrade");
+    // A reload that still allows both: both stay open.
+    std::fs::write(
+        &p.config,
+        yaml("example.com", "allow_public_unauthenticated_access: true"),
+    )
+    .unwrap();
+    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    assert_eq!(ws_roundtrip(&mut ws, "1").await.as_deref(), Some("1"));
+    assert_eq!(ws_roundtrip(&mut anon, "1").await.as_deref(), Some("1"));
+    // The user's domain is no longer allowed, and the public route now needs a sign-in.
+    std::fs::write(
+        &p.config,
+        yaml("other.test", "allow_any_authenticated_user: true"),
+    )
+    .unwrap();
+    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    for s in [&mut ws, &mut anon] {
+        let (code, reason) = close_reason(s, Duration::from_secs(3))
+            .await
+            .expect("not closed after the reload");
+        assert_eq!(code, 1008);
+        assert!(reason.contains("revoked"), "{reason}");
+    }
+}

@@ -40,6 +40,8 @@ pub struct Shared {
     /// Session ids as they sign out: open WebSockets of that session close at once.
     pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
     pub metrics: crate::metrics::Metrics,
+    /// Open WebSockets, decided again at every reload.
+    pub sockets: Arc<websocket::Registry>,
 }
 
 /// What a request accumulates on its way: access-log fields and cookies to set.
@@ -262,13 +264,19 @@ async fn inner(
             return Err(ProxyError::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let ends = match (sid, session_expires) {
-            (Some(id), Some(expires)) => Some(websocket::Ends {
-                session: id,
-                expires,
-                signed_out: shared.signed_out.subscribe(),
+        let revoke = Arc::new(tokio::sync::Notify::new());
+        let ends = websocket::Ends {
+            session: sid.zip(session_expires),
+            signed_out: shared.signed_out.subscribe(),
+            revoked: revoke.clone(),
+            _registered: shared.sockets.add(websocket::OpenSocket {
+                host: target.host.clone(),
+                port: target.port,
+                path: target.path.clone(),
+                ip: conn.peer.ip(),
+                identity: permitted.identity.clone(),
+                revoke,
             }),
-            _ => None,
         };
         let guard = shared.metrics.websocket_guard();
         let name = route.name.clone();

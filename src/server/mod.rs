@@ -39,11 +39,17 @@ impl Handle {
     }
 
     /// Replaces the running configuration (listener addresses stay as they are).
+    /// Open WebSockets that the new config refuses are closed.
     pub fn swap(&self, rt: Runtime) {
         if let Some(o) = &rt.auth.oidc {
             o.start();
         }
-        self.shared.runtime.store(Arc::new(rt));
+        let rt = Arc::new(rt);
+        self.shared.runtime.store(rt.clone());
+        let closed = self.shared.sockets.recheck(&rt);
+        if closed > 0 {
+            tracing::info!(closed, "closed WebSockets the new config no longer allows");
+        }
     }
 }
 
@@ -64,6 +70,7 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         refreshes: crate::auth::Refreshes::default(),
         signed_out: tokio::sync::broadcast::channel(256).0,
         metrics: crate::metrics::Metrics::new(),
+        sockets: Arc::default(),
     });
     let (tx, rx) = watch::channel(false);
     let main = TcpListener::bind(settings.address).await?;
