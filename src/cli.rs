@@ -282,7 +282,9 @@ pub fn init_logging(settings: Option<&config::Settings>) {
     let level = settings.map_or("info", |s| s.log_level.as_str());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = settings.is_some_and(|s| s.log_format == config::LogFormat::Json);
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if json {

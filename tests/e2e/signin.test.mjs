@@ -120,7 +120,16 @@ describe('sign-in with OpenID Connect', () => {
         ws.onerror = () => resolve('error');
       }));
       assert.equal(echoed, 'ping');
+      // The access log names the user, and never the query string.
+      const access = s.proxy.logs.join('').split('\n').filter((l) => l.includes('portcullis::access'));
+      const line = access.find((l) => l.includes('path=/some/path') && l.includes('status=200'));
+      assert.ok(line, access.join('\n'));
+      assert.match(line, /user="?alice@example\.com/);
+      assert.match(line, /decision="?allow/);
+
+      assert.equal(access.some((l) => l.includes('x=1')), false, 'a query string was logged');
       await context.close();
+
     } finally {
       await s.proxy.stop();
       await s.idp.close();
