@@ -92,6 +92,8 @@ pub async fn handle(
         path = %cx.path,
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        bytes = http_body::Body::size_hint(resp.body()).exact().map_or_else(|| "-".to_string(), |n| n.to_string()),
+
         user = cx.user.as_deref().unwrap_or("-"),
         decision = cx.decision,
         peer = %conn.peer.ip(),
