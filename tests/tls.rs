@@ -168,3 +168,34 @@ async fn https_upstreams_are_verified_against_a_custom_ca_and_server_name() {
         .any(|w| w.contains("tls_skip_verify")));
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn the_expiry_of_each_served_certificate_is_a_metric() {
+    let a = Echo::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1, _) = cert_files(dir.path(), "one", &["one.test"]);
+    let yaml = format!(
+        "address: 127.0.0.1:0\nmetrics_address: 127.0.0.1:0\ncertificates:\n  - {{cert: {}, key: {}}}\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n",
+        c1.display(), k1.display(), a = a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let m = get(p.handle.admin_addr.unwrap(), "localhost", "/metrics", &[])
+        .await
+        .text();
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "portcullis_certificate_expiry_timestamp_seconds{certificate=\"one.test\"}",
+            )
+        })
+        .expect(&m);
+    let t: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // rcgen's default validity ends in 4096.
+    assert!(t > now, "{line}");
+}

@@ -17,6 +17,25 @@ use crate::config::Settings;
 pub struct CertResolver {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// (subject, notAfter as unix seconds) of each certificate served, for metrics.
+    pub expiry: Vec<(String, i64)>,
+}
+
+/// Subject and expiry (unix seconds) of a DER certificate.
+pub fn expiry_of(der: &[u8]) -> Option<(String, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_string()),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| cert.subject().to_string());
+    Some((subject, cert.validity().not_after.timestamp()))
 }
 
 impl CertResolver {
@@ -74,7 +93,18 @@ pub fn resolver(
         }
     }
     let default = keys[0].clone();
-    Ok((CertResolver { by_name, default }, warnings))
+    let expiry = keys
+        .iter()
+        .filter_map(|k| k.cert.first().and_then(|c| expiry_of(c)))
+        .collect();
+    Ok((
+        CertResolver {
+            by_name,
+            default,
+            expiry,
+        },
+        warnings,
+    ))
 }
 
 /// A rustls server config over a resolver, offering h2 and http/1.1.
