@@ -574,3 +574,36 @@ async fn a_response_body_idle_past_idle_timeout_is_ended() {
     );
     assert_eq!(get(p.addr(), "app.test", "/x", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn behind_a_tls_terminator_the_routes_https_scheme_is_what_the_browser_sees() {
+    let a = Echo::start("a").await;
+    let routes = format!(
+        "  - from: https://app.test\n    to: {}\n    allow_websockets: true\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    );
+    // insecure_server: plain HTTP here, TLS ended by another proxy in front.
+    let p = proxy_with(&routes).await;
+    assert_eq!(
+        get(p.addr(), "app.test", "/", &[])
+            .await
+            .seen()
+            .all("x-forwarded-proto"),
+        vec!["https"]
+    );
+    let mut ws = ws_connect(
+        p.addr(),
+        "app.test",
+        "/s",
+        &[("origin", "https://app.test")],
+    )
+    .await
+    .expect("https origin refused");
+    assert_eq!(ws_roundtrip(&mut ws, "x").await.as_deref(), Some("x"));
+    assert_eq!(
+        ws_connect(p.addr(), "app.test", "/s", &[("origin", "http://app.test")])
+            .await
+            .err(),
+        Some(403)
+    );
+}

@@ -186,6 +186,8 @@ async fn inner(
     cx.user = identity
         .as_ref()
         .map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()));
+    // The scheme the browser sees is the route's (`from`), also behind a TLS terminator with
+    // `insecure_server`: it decides the WebSocket origin, X-Forwarded-Proto and the assertion's `iss`.
     let facts = Facts {
         method: req.method(),
         path: &target.path,
@@ -221,7 +223,7 @@ async fn inner(
         }
     };
     if websocket {
-        websocket::check(route, conn.https, &target, req.headers())?;
+        websocket::check(route, route.from.https, &target, req.headers())?;
     }
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -234,14 +236,14 @@ async fn inner(
         route.upstreams[0].host_header.clone()
     };
     let identity_headers = match (&permitted.identity, sid) {
-        (Some(id), Some(sid)) => identity_headers(rt, route, &target, conn.https, id, &sid),
+        (Some(id), Some(sid)) => identity_headers(rt, route, &target, route.from.https, id, &sid),
         _ => Vec::new(),
     };
     parts.headers = headers::request_headers(
         &parts.headers,
         &Forwarding {
             peer_ip: conn.peer.ip(),
-            https: conn.https,
+            https: route.from.https,
             authority: &target.authority,
             host_header,
             websocket,
