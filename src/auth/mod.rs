@@ -101,11 +101,13 @@ impl Auth {
 /// Refreshes in progress or just done, by session id: concurrent requests of one session
 /// share one refresh (a rotated refresh token can be used only once).
 type RefreshCell = Arc<tokio::sync::OnceCell<Option<Session>>>;
+type RefreshKey = ([u8; 16], u64);
 
 #[derive(Default)]
 pub struct Refreshes {
-    /// session id → (shared result, started at).
-    map: Mutex<HashMap<[u8; 16], (RefreshCell, u64)>>,
+    /// (session id, expired ID token's `exp`) → (shared result, started at): one refresh per
+    /// expiry, shared by the requests that carry the same old cookie.
+    map: Mutex<HashMap<RefreshKey, (RefreshCell, u64)>>,
 }
 
 impl Refreshes {
@@ -117,7 +119,7 @@ impl Refreshes {
             };
             let t = now();
             m.retain(|_, (_, at)| t.saturating_sub(*at) < 60);
-            m.entry(s.id)
+            m.entry((s.id, s.id_token_exp))
                 .or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), t))
                 .0
                 .clone()
