@@ -4,10 +4,16 @@ use libfuzzer_sys::fuzz_target;
 use portcullis::auth::session::{CookieJar, CookieKey, Session};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(v) = http::HeaderValue::from_bytes(data) else { return };
+    let Ok(v) = http::HeaderValue::from_bytes(data) else {
+        return;
+    };
     let mut h = http::HeaderMap::new();
     h.insert(http::header::COOKIE, v);
-    let jar = CookieJar { name: "_p".into(), domain: None, max_age: std::time::Duration::from_secs(60) };
+    let jar = CookieJar {
+        name: "_p".into(),
+        domain: None,
+        max_age: std::time::Duration::from_secs(60),
+    };
     if let Some(text) = jar.read_session(&h) {
         let key = CookieKey::new(&[9; 32]).unwrap();
         // Forging AES-GCM by chance is not a thing a fuzzer finds: this must stay None.
