@@ -76,6 +76,21 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a response whole.
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn seen(&self) -> Seen {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -97,17 +112,7 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
         .unwrap();
     tokio::spawn(conn);
     let resp = s.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// GET `path` with `Host: host` (plus extra headers) over plain HTTP.
@@ -220,17 +225,7 @@ pub async fn tls_get(addr: SocketAddr, sni: &str, host: &str, path: &str) -> Rep
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// One HTTP/2 request over TLS (ALPN h2).
