@@ -22,6 +22,9 @@ pub struct Runtime {
     pub auth: Auth,
     /// Files the config names; the watcher reloads when one changes.
     pub files: Vec<std::path::PathBuf>,
+    /// With `autocert`: the hosts ACME orders certificates for, and the TLS client for the
+    /// ACME server.
+    pub acme: Option<(Vec<String>, Arc<rustls::ClientConfig>)>,
 }
 
 impl Runtime {
@@ -57,6 +60,27 @@ impl Runtime {
             warnings.extend(w);
             Some(Arc::new(resolver))
         };
+        let acme = match (&settings.autocert, &certs) {
+            (Some(a), Some(certs)) => {
+                let client = crate::tls::acme::client_config(a).map_err(|e| {
+                    ConfigErrors(vec![ConfigError::new(
+                        source,
+                        crate::config::error::Pos::default(),
+                        e,
+                    )])
+                })?;
+                let hosts = routes.hosts();
+                let uncovered: Vec<String> = certs.uncovered(&hosts).into_iter().cloned().collect();
+                let (ok, w) = crate::tls::acme::eligible(&uncovered);
+                warnings.extend(w);
+                if ok.is_empty() {
+                    warnings
+                        .push("autocert is on but no route host needs an ACME certificate".into());
+                }
+                Some((ok, client))
+            }
+            _ => None,
+        };
         let (auth, w) = Auth::build(&settings, prev.map(|p| &p.auth)).map_err(|e| {
             ConfigErrors(vec![ConfigError::new(
                 source,
@@ -75,7 +99,18 @@ impl Runtime {
             warnings,
             auth,
             files,
+            acme,
         })
+    }
+
+    /// Starts or stops ACME orders to match this runtime.
+    pub fn sync_acme(&self, acme: &crate::tls::acme::Acme) {
+        match &self.acme {
+            Some((hosts, client)) => {
+                acme.sync(self.settings.autocert.as_ref(), Some(client), hosts)
+            }
+            None => acme.stop(),
+        }
     }
 
     /// Reads, validates and builds the config at `path`.

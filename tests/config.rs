@@ -274,3 +274,53 @@ fn the_example_config_is_valid() {
         panic!("config.example.yaml:\n{e}");
     }
 }
+
+#[test]
+fn autocert_settings_are_checked() {
+    let route = "routes:\n  - from: https://app.example.com\n    to: http://up:1\n    allow_public_unauthenticated_access: true\n";
+    assert_error(
+        &format!("insecure_server: true\nautocert: true\n{route}"),
+        "2:11",
+        "autocert needs TLS",
+    );
+    assert_error(
+        &format!("autocert: true\nautocert_use_staging: true\nautocert_ca: https://ca.test/dir\n{route}"),
+        "3:14",
+        "keep one",
+    );
+    assert_error(
+        &format!("autocert: true\nautocert_ca: http://ca.test/dir\n{route}"),
+        "2:14",
+        "not an https URL",
+    );
+    assert_error(
+        &format!("autocert: true\nautocert_email: eve@a@b.test\n{route}"),
+        "2:17",
+        "not an email address",
+    );
+    assert_error(
+        &format!("autocert: true\nautocert_trusted_ca: /nonexistent/ca.pem\n{route}"),
+        "2:22",
+        "cannot read",
+    );
+
+    // Defaults: Let's Encrypt production, cache under data_dir, HTTP-01 only with a redirect port.
+    let c = ok(&format!("autocert: true\ndata_dir: /var/lib/p\n{route}"));
+    let a = c.settings.autocert.unwrap();
+    assert_eq!(a.directory, config::compile::LETS_ENCRYPT);
+    assert_eq!(a.dir, Path::new("/var/lib/p/autocert"));
+    assert!(!a.http01);
+    assert!(a.contacts.is_empty());
+    let c = ok(&format!(
+        "autocert: true\nautocert_use_staging: true\nautocert_email: ops@example.com\nautocert_dir: /c\nhttp_redirect_addr: ':80'\n{route}"
+    ));
+    let a = c.settings.autocert.unwrap();
+    assert_eq!(a.directory, config::compile::LETS_ENCRYPT_STAGING);
+    assert_eq!(a.contacts, vec!["mailto:ops@example.com".to_string()]);
+    assert_eq!(a.dir, Path::new("/c"));
+    assert!(a.http01);
+
+    // autocert_* without autocert is not silently ignored.
+    let c = ok(&format!("autocert_email: ops@example.com\n{route}"));
+    assert!(c.warnings.iter().any(|w| w.contains("`autocert_email` is set but `autocert` is not")));
+}

@@ -31,6 +31,21 @@ pub struct CertFiles {
     pub pos: Pos,
 }
 
+/// ACME settings (`autocert: true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutocertSettings {
+    /// The RFC 8555 directory URL.
+    pub directory: String,
+    /// `mailto:` contacts for the account.
+    pub contacts: Vec<String>,
+    /// Where the account key and certificates are cached (`autocert_dir`).
+    pub dir: PathBuf,
+    /// PEM roots to trust for the ACME server (`autocert_trusted_ca`); the web PKI otherwise.
+    pub trusted_ca_pem: Option<String>,
+    /// Also try HTTP-01 (on `http_redirect_addr`) when TLS-ALPN-01 fails.
+    pub http01: bool,
+}
+
 /// Sign-in settings (OpenID Connect).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdpSettings {
@@ -58,7 +73,7 @@ pub struct Settings {
     pub http_redirect_addr: Option<SocketAddr>,
     pub insecure_server: bool,
     pub certificates: Vec<CertFiles>,
-    pub autocert: bool,
+    pub autocert: Option<AutocertSettings>,
     pub idp: Option<IdpSettings>,
     pub cookie: CookieSettings,
     pub signing_key_pem: Option<String>,
@@ -266,14 +281,7 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
             pos: pos(c),
         })
         .collect();
-    let autocert = raw.autocert.as_ref().is_some_and(|b| b.value);
-    if let Some(a) = raw.autocert.as_ref().filter(|a| a.value) {
-        cx.top(
-            "autocert",
-            pos(a),
-            "autocert (ACME) is not available in this build yet; use `certificates`, or leave both out for a self-signed certificate",
-        );
-    }
+    let autocert = autocert_settings(raw, cx, insecure_server, http_redirect_addr.is_some());
     if insecure_server && !certificates.is_empty() {
         cx.warnings
             .push("insecure_server is set: `certificates` are loaded but not served".into());
@@ -400,6 +408,105 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
             .as_ref()
             .map_or_else(|| cx.path("data"), |d| cx.path(&d.value)),
     }
+}
+
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+fn autocert_settings(
+    raw: &RawConfig,
+    cx: &mut Ctx<'_>,
+    insecure_server: bool,
+    http01: bool,
+) -> Option<AutocertSettings> {
+    let on = raw.autocert.as_ref().filter(|a| a.value);
+    let Some(on) = on else {
+        let stray = [
+            ("autocert_dir", raw.autocert_dir.is_some()),
+            ("autocert_email", raw.autocert_email.is_some()),
+            ("autocert_use_staging", raw.autocert_use_staging.is_some()),
+            ("autocert_ca", raw.autocert_ca.is_some()),
+            ("autocert_trusted_ca", raw.autocert_trusted_ca.is_some()),
+        ];
+        for (k, set) in stray {
+            if set {
+                cx.warnings.push(format!(
+                    "`{k}` is set but `autocert` is not: it has no effect"
+                ));
+            }
+        }
+        return None;
+    };
+    if insecure_server {
+        cx.top(
+            "autocert",
+            pos(on),
+            "autocert needs TLS on `address`, but insecure_server turns TLS off: remove one of them",
+        );
+        return None;
+    }
+    let staging = raw.autocert_use_staging.as_ref().filter(|s| s.value);
+    let directory = match (&raw.autocert_ca, staging) {
+        (Some(ca), Some(_)) => {
+            cx.top(
+                "autocert_ca",
+                pos(ca),
+                "autocert_ca and autocert_use_staging both choose the ACME server: keep one",
+            );
+            return None;
+        }
+        (Some(ca), None) => match url::Url::parse(&ca.value) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => ca.value.clone(),
+            _ => {
+                cx.top(
+                    "autocert_ca",
+                    pos(ca),
+                    format!(
+                        "autocert_ca `{}` is not an https URL of an ACME directory (RFC 8555 servers are reached over https)",
+                        ca.value
+                    ),
+                );
+                return None;
+            }
+        },
+        (None, Some(_)) => LETS_ENCRYPT_STAGING.to_string(),
+        (None, None) => LETS_ENCRYPT.to_string(),
+    };
+    let mut contacts = Vec::new();
+    if let Some(e) = &raw.autocert_email {
+        let v = e.value.trim();
+        let ok = v.split_once('@').is_some_and(|(u, d)| {
+            !u.is_empty() && d.contains('.') && !d.contains('@') && !v.contains(char::is_whitespace)
+        });
+        if !ok {
+            cx.top(
+                "autocert_email",
+                pos(e),
+                format!("autocert_email `{v}` is not an email address"),
+            );
+            return None;
+        }
+        contacts.push(format!("mailto:{v}"));
+    }
+    let trusted_ca_pem = match &raw.autocert_trusted_ca {
+        Some(p) => Some(cx.read("autocert_trusted_ca", pos(p), &p.value)?),
+        None => None,
+    };
+    let dir = match &raw.autocert_dir {
+        Some(d) => cx.path(&d.value),
+        None => raw
+            .data_dir
+            .as_ref()
+            .map_or_else(|| cx.path("data"), |d| cx.path(&d.value))
+            .join("autocert"),
+    };
+    Some(AutocertSettings {
+        directory,
+        contacts,
+        dir,
+        trusted_ca_pem,
+        http01,
+    })
 }
 
 fn idp_settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<IdpSettings> {

@@ -10,7 +10,7 @@ pub mod error;
 pub mod node;
 pub mod raw;
 
-pub use compile::{Compiled, LogFormat, Settings};
+pub use compile::{AutocertSettings, Compiled, LogFormat, Settings};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors};
 

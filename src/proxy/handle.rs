@@ -33,6 +33,8 @@ pub struct ConnInfo {
 
 /// State shared by every connection and kept across reloads.
 pub struct Shared {
+    /// ACME certificates, kept across reloads.
+    pub acme: crate::tls::acme::Acme,
     pub runtime: arc_swap::ArcSwap<Runtime>,
     /// Revoked session ids (sign-out).
     pub store: Arc<dyn RevocationStore>,

@@ -41,7 +41,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             if let Some(certs) = &rt.certs {
                 use std::fmt::Write;
                 let _ = writeln!(text, "# HELP portcullis_certificate_expiry_timestamp_seconds When each served certificate expires (notAfter, unix time).\n# TYPE portcullis_certificate_expiry_timestamp_seconds gauge");
-                for (name, t) in &certs.expiry {
+                for (name, t) in certs.expiry.iter().chain(shared.acme.expiry().iter()) {
                     let name = name.replace('\\', "\\\\").replace('"', "\\\"");
                     let _ = writeln!(text, "portcullis_certificate_expiry_timestamp_seconds{{certificate=\"{name}\"}} {t}");
                 }

@@ -54,9 +54,17 @@ impl std::fmt::Debug for Shared {
 impl ResolvesServerCert for LiveResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let rt = self.0.runtime.load();
-        rt.certs
-            .as_ref()
-            .map(|c| c.resolve_name(hello.server_name()))
+        let certs = rt.certs.as_ref()?;
+        let name = hello.server_name().map(crate::tls::normalize_sni);
+        let acme = name.as_deref().and_then(|n| self.0.acme.get(n));
+        if crate::tls::acme::is_challenge(&hello) {
+            return acme?.resolve(hello);
+        }
+        if let Some(k) = name.as_deref().and_then(|n| certs.covering(n)) {
+            return Some(k);
+        }
+        acme.and_then(|a| a.resolve(hello))
+            .or_else(|| Some(certs.fallback()))
     }
 }
 
@@ -163,6 +171,12 @@ async fn connection(
                     return;
                 }
             };
+            if tls.get_ref().1.alpn_protocol() == Some(crate::tls::acme::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was the whole exchange.
+                let mut tls = tls;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return;
+            }
             let sni = tls
                 .get_ref()
                 .1

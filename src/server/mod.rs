@@ -33,6 +33,7 @@ impl Handle {
     /// Stops accepting, lets in-flight requests finish (bounded by [`DRAIN_DEADLINE`]).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.shared.acme.stop();
         for t in self.tasks {
             let _ = t.await;
         }
@@ -44,6 +45,7 @@ impl Handle {
         if let Some(o) = &rt.auth.oidc {
             o.start();
         }
+        rt.sync_acme(&self.shared.acme);
         let rt = Arc::new(rt);
         self.shared.runtime.store(rt.clone());
         let closed = self.shared.sockets.recheck(&rt);
@@ -64,7 +66,10 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
     if let Some(o) = &rt.auth.oidc {
         o.start();
     }
+    let acme = crate::tls::acme::Acme::default();
+    rt.sync_acme(&acme);
     let shared = Arc::new(Shared {
+        acme,
         runtime: ArcSwap::from_pointee(rt),
         store: Arc::new(store),
         refreshes: crate::auth::Refreshes::default(),

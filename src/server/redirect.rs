@@ -1,5 +1,6 @@
 //! The plain-HTTP port (`http_redirect_addr`): every request for a host that a route serves
-//! gets a permanent redirect to the same host, path and query over https.
+//! gets a permanent redirect to the same host, path and query over https; ACME HTTP-01
+//! challenges (`/.well-known/acme-challenge/…`) are answered here.
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -29,6 +30,24 @@ fn redirect(shared: &Shared, https_port: u16, req: &Request<Incoming>) -> Respon
         Ok(t) => t,
         Err(e) => return ProxyError::BadRequest(e.to_string()).into_response(false),
     };
+    if let Some(token) = t.path.strip_prefix("/.well-known/acme-challenge/") {
+        // HTTP-01: answered only while an order for this host waits for this token.
+        return match shared.acme.http01(&t.host, token) {
+            Some(key_auth) => {
+                let mut r = Response::new(
+                    http_body_util::Full::new(bytes::Bytes::from(key_auth))
+                        .map_err(|e| match e {})
+                        .boxed(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            None => ProxyError::NotFound.into_response(false),
+        };
+    }
     if !shared.runtime.load().routes.has_host(&t.host) {
         return ProxyError::NotFound.into_response(false);
     }

@@ -1,5 +1,6 @@
 //! TLS termination: certificates chosen by SNI, HTTP/2 and HTTP/1.1 by ALPN.
 
+pub mod acme;
 pub mod files;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -38,11 +39,34 @@ pub fn expiry_of(der: &[u8]) -> Option<(String, i64)> {
     Some((subject, cert.validity().not_after.timestamp()))
 }
 
+/// An SNI name as route hosts are written: lower case, no trailing dot.
+pub fn normalize_sni(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
 impl CertResolver {
+    /// The configured certificate for this (normalized) name, if one covers it.
+    pub fn covering(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// The certificate for names nothing else covers.
+    pub fn fallback(&self) -> Arc<CertifiedKey> {
+        self.default.clone()
+    }
+
+    /// Hosts that no certificate file covers (ACME orders for these).
+    pub fn uncovered<'a>(&self, hosts: &'a [String]) -> Vec<&'a String> {
+        hosts
+            .iter()
+            .filter(|h| !self.by_name.contains_key(*h))
+            .collect()
+    }
+
     pub fn resolve_name(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        name.map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .and_then(|n| self.by_name.get(&n).cloned())
-            .unwrap_or_else(|| self.default.clone())
+        name.map(normalize_sni)
+            .and_then(|n| self.covering(&n))
+            .unwrap_or_else(|| self.fallback())
     }
 }
 
@@ -71,13 +95,7 @@ pub fn resolver(
     for c in &settings.certificates {
         keys.push(files::load_pair(&c.cert, &c.key, &provider)?);
     }
-    if keys.is_empty() {
-        warnings.push(format!(
-            "no `certificates` and no `autocert`: serving a self-signed certificate for {}; browsers will warn. Fine for a local try-out, not for real use",
-            hosts.join(", ")
-        ));
-        keys.push(files::self_signed(hosts, &provider)?);
-    }
+    let autocert = settings.autocert.is_some();
     let mut by_name = HashMap::new();
     for h in hosts {
         match keys
@@ -87,16 +105,34 @@ pub fn resolver(
             Some(k) => {
                 by_name.insert(h.clone(), k.clone());
             }
+            // ACME orders a certificate for it.
+            None if autocert => {}
+            None if keys.is_empty() => {}
             None => warnings.push(format!(
                 "no certificate covers `{h}`; the first certificate will be served for it"
             )),
         }
     }
-    let default = keys[0].clone();
     let expiry = keys
         .iter()
         .filter_map(|k| k.cert.first().and_then(|c| expiry_of(c)))
         .collect();
+    let default = match keys.first() {
+        Some(k) => k.clone(),
+        // With autocert: served to names without a certificate yet (or ever: IPs, no SNI).
+        None if autocert => files::self_signed(hosts, &provider)?,
+        None => {
+            warnings.push(format!(
+                "no `certificates` and no `autocert`: serving a self-signed certificate for {}; browsers will warn. Fine for a local try-out, not for real use",
+                hosts.join(", ")
+            ));
+            let k = files::self_signed(hosts, &provider)?;
+            for h in hosts {
+                by_name.insert(h.clone(), k.clone());
+            }
+            k
+        }
+    };
     Ok((
         CertResolver {
             by_name,
@@ -115,7 +151,13 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<Server
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` is only ever chosen by an ACME server validating TLS-ALPN-01; such a
+    // connection is closed right after the handshake.
+    cfg.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        acme::ACME_TLS_ALPN.to_vec(),
+    ];
     cfg.send_tls13_tickets = 1;
     Ok(Arc::new(cfg))
 }

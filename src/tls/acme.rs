@@ -1,0 +1,462 @@
+//! Certificates from an ACME (RFC 8555) server with rustls-acme: one order per route host,
+//! TLS-ALPN-01 on `address`, HTTP-01 on `http_redirect_addr` when TLS-ALPN-01 fails.
+//!
+//! [`Acme`] lives as long as the server, not a config: a reload only starts orders for new hosts
+//! and stops those of removed ones, so a config edit never re-orders a certificate it has.
+//! Each host's certificate and account key are cached in `autocert_dir` (0700, files 0600); a
+//! restart serves the cached certificate without an order, and renewal happens at 2/3 of the
+//! certificate's lifetime (rustls-acme's schedule).
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ClientConfig;
+use rustls_acme::{AcmeConfig, EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::AbortHandle;
+
+use crate::config::AutocertSettings;
+
+/// The ACME side of one host: its current rustls-acme state's resolver and its expiry.
+pub struct HostCert {
+    resolver: ArcSwap<ResolvesServerCertAcme>,
+    /// notAfter of the certificate in use (unix seconds); 0 before the first one.
+    not_after: AtomicI64,
+}
+
+impl HostCert {
+    /// The certificate for a handshake, or the TLS-ALPN-01 challenge certificate for a
+    /// validation handshake; `None` while there is neither.
+    pub fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.resolver.load().resolve(hello)
+    }
+}
+
+/// Is this handshake an ACME server's TLS-ALPN-01 validation?
+pub fn is_challenge(hello: &ClientHello<'_>) -> bool {
+    rustls_acme::is_tls_alpn_challenge(hello)
+}
+
+/// The ALPN name of TLS-ALPN-01 validation connections (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+#[derive(Default)]
+struct Managed {
+    settings: Option<AutocertSettings>,
+    tasks: HashMap<String, AbortHandle>,
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
+}
+
+/// Every host's ACME certificate, kept up to date by one task per host.
+#[derive(Default)]
+pub struct Acme {
+    hosts: ArcSwap<HashMap<String, Arc<HostCert>>>,
+    managed: Mutex<Managed>,
+}
+
+impl Acme {
+    /// The host's ACME certificate holder, if ACME manages that name.
+    pub fn get(&self, host: &str) -> Option<Arc<HostCert>> {
+        self.hosts.load().get(host).cloned()
+    }
+
+    /// The key authorization for an HTTP-01 challenge token, if an order is waiting for it.
+    pub fn http01(&self, host: &str, token: &str) -> Option<String> {
+        self.get(host)?.resolver.load().get_http_01_key_auth(token)
+    }
+
+    /// (host, notAfter) of each certificate obtained so far, for metrics.
+    pub fn expiry(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .hosts
+            .load()
+            .iter()
+            .map(|(h, c)| (h.clone(), c.not_after.load(Ordering::Relaxed)))
+            .filter(|(_, t)| *t > 0)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Makes the managed hosts these: starts orders for new hosts, stops removed ones, and
+    /// starts over when the ACME settings themselves changed. Must run inside Tokio.
+    pub fn sync(
+        &self,
+        settings: Option<&AutocertSettings>,
+        client: Option<&Arc<ClientConfig>>,
+        hosts: &[String],
+    ) {
+        let mut m = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+        let (settings, client) = match (settings, client) {
+            (Some(s), Some(c)) => (s, c),
+            _ => {
+                for (_, t) in m.tasks.drain() {
+                    t.abort();
+                }
+                m.settings = None;
+                self.hosts.store(Arc::default());
+                return;
+            }
+        };
+        let mut current: HashMap<String, Arc<HostCert>> = (**self.hosts.load()).clone();
+        if m.settings.as_ref() != Some(settings) {
+            for (_, t) in m.tasks.drain() {
+                t.abort();
+            }
+            current.clear();
+            m.settings = Some(settings.clone());
+            if let Err(e) = private_dir(&settings.dir) {
+                tracing::error!(dir = %settings.dir.display(), error = %e, "ACME: cannot use autocert_dir; certificates are not cached");
+            }
+        }
+        current.retain(|h, _| hosts.contains(h));
+        m.tasks.retain(|h, t| {
+            let keep = hosts.contains(h);
+            if !keep {
+                tracing::info!(host = %h, "ACME: host no longer served, certificate no longer renewed");
+                t.abort();
+            }
+            keep
+        });
+        for h in hosts {
+            if current.contains_key(h) {
+                continue;
+            }
+            let cert = Arc::new(HostCert {
+                resolver: ArcSwap::new(
+                    AcmeConfig::new_with_client_config([h.as_str()], client.clone())
+                        .state()
+                        .resolver(),
+                ),
+                not_after: AtomicI64::new(0),
+            });
+            let task = tokio::spawn(run(
+                h.clone(),
+                settings.clone(),
+                client.clone(),
+                cert.clone(),
+            ));
+            m.tasks.insert(h.clone(), task.abort_handle());
+            current.insert(h.clone(), cert);
+        }
+        self.hosts.store(Arc::new(current));
+    }
+
+    /// Stops every order and renewal (server shutdown).
+    pub fn stop(&self) {
+        self.sync(None, None, &[]);
+    }
+}
+
+/// The names of `hosts` that ACME can certify: not IP addresses, not wildcards, not
+/// single-label names such as `localhost`. The rest come back as warnings.
+pub fn eligible(hosts: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut warnings = Vec::new();
+    for h in hosts {
+        let bare = h.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            warnings.push(format!("autocert: `{h}` is an IP address; ACME certificates need a DNS name, so it gets the fallback certificate"));
+        } else if h.contains('*') {
+            warnings.push(format!("autocert: `{h}` is a wildcard, which needs DNS-01 (not supported); give it a `certificates` entry"));
+        } else if !h.contains('.') {
+            warnings.push(format!(
+                "autocert: `{h}` is not a public DNS name; it gets the fallback certificate"
+            ));
+        } else {
+            ok.push(h.clone());
+        }
+    }
+    (ok, warnings)
+}
+
+/// The TLS client for talking to the ACME server: `autocert_trusted_ca` if given, else the web PKI.
+pub fn client_config(s: &AutocertSettings) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = match &s.trusted_ca_pem {
+        Some(pem) => super::files::root_store(pem.as_bytes())
+            .map_err(|e| format!("autocert_trusted_ca: {e}"))?,
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Waits after the n-th failed order in a row: 5 s, 15 s, 45 s, … up to an hour. Slow enough
+/// to stay inside Let's Encrypt's limit of 5 failed validations per host per hour.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(3u64.saturating_pow(failures.saturating_sub(1)));
+    Duration::from_secs(secs.min(3600))
+}
+
+async fn run(host: String, s: AutocertSettings, client: Arc<ClientConfig>, cert: Arc<HostCert>) {
+    // TLS-ALPN-01 first; with a redirect port, alternate with HTTP-01 after each failure.
+    let kinds: &[&str] = if s.http01 {
+        &["tls-alpn-01", "http-01"]
+    } else {
+        &["tls-alpn-01"]
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let kind = kinds[failures as usize % kinds.len()];
+        let challenge = if kind == "http-01" {
+            UseChallenge::Http01
+        } else {
+            UseChallenge::TlsAlpn01
+        };
+        let mut state = AcmeConfig::new_with_client_config([host.as_str()], client.clone())
+            .directory(&s.directory)
+            .contact(&s.contacts)
+            .cache(DirStore {
+                dir: s.dir.clone(),
+                cert: cert.clone(),
+            })
+            .challenge_type(challenge)
+            .state();
+        cert.resolver.store(state.resolver());
+        tracing::info!(%host, challenge = kind, directory = %s.directory, "ACME: checking the certificate (cached, or a new order)");
+        while let Some(ev) = state.next().await {
+            match ev {
+                Ok(EventOk::DeployedCachedCert) => {
+                    tracing::info!(%host, not_after = cert.not_after.load(Ordering::Relaxed), "ACME: serving the cached certificate")
+                }
+                Ok(EventOk::DeployedNewCert) => {
+                    failures = 0;
+                    tracing::info!(%host, challenge = kind, "ACME: new certificate issued and served");
+                }
+                Ok(EventOk::CertCacheStore) => {
+                    tracing::info!(%host, not_after = cert.not_after.load(Ordering::Relaxed), "ACME: certificate cached; renewal at 2/3 of its lifetime")
+                }
+                Ok(EventOk::AccountCacheStore) => {
+                    tracing::info!(%host, "ACME: account key cached")
+                }
+                Err(e @ (EventError::Order(_) | EventError::NewCertParse(_))) => {
+                    failures = failures.saturating_add(1);
+                    let wait = backoff(failures);
+                    tracing::warn!(%host, challenge = kind, error = %e, retry_in_s = wait.as_secs(), "ACME: order failed (is DNS for the host pointing here, and is the port reachable from the internet?)");
+                    tokio::time::sleep(wait).await;
+                    break;
+                }
+                Err(e) => tracing::warn!(%host, error = %e, "ACME: cache problem"),
+            }
+        }
+    }
+}
+
+/// Creates `dir` (and parents) and makes it private to this user.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `autocert_dir`: account keys and certificates (with their keys) as files only this user can
+/// read, written atomically; it also records the expiry of the certificate it sees.
+struct DirStore {
+    dir: PathBuf,
+    cert: Arc<HostCert>,
+}
+
+fn digest(parts: &[&str]) -> String {
+    use base64::Engine;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(p.as_bytes());
+        ctx.update(&[0]);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ctx.finish().as_ref()[..12])
+}
+
+impl DirStore {
+    fn note_expiry(&self, pem: &[u8]) {
+        if let Some(Ok(c)) = CertificateDer::pem_slice_iter(pem).next() {
+            if let Some((_, t)) = super::expiry_of(&c) {
+                self.cert.not_after.store(t, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn read(&self, name: String) -> std::io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.dir.join(name)).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write(&self, name: String, bytes: &[u8]) -> std::io::Result<()> {
+        let dir = self.dir.clone();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            private_dir(&dir)?;
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(name))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+#[async_trait::async_trait]
+impl rustls_acme::CertCache for DirStore {
+    type EC = std::io::Error;
+    async fn load_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, Self::EC> {
+        let name = format!("{}.{}.pem", domains.join(","), digest(&[directory_url]));
+        let pem = self.read(name).await?;
+        if let Some(p) = &pem {
+            self.note_expiry(p);
+        }
+        Ok(pem)
+    }
+    async fn store_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+        cert: &[u8],
+    ) -> Result<(), Self::EC> {
+        self.note_expiry(cert);
+        let name = format!("{}.{}.pem", domains.join(","), digest(&[directory_url]));
+        self.write(name, cert).await
+    }
+}
+
+#[async_trait::async_trait]
+impl rustls_acme::AccountCache for DirStore {
+    type EA = std::io::Error;
+    async fn load_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, Self::EA> {
+        let mut parts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        parts.push(directory_url);
+        self.read(format!("account.{}.key", digest(&parts))).await
+    }
+    async fn store_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+        account: &[u8],
+    ) -> Result<(), Self::EA> {
+        let mut parts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        parts.push(directory_url);
+        self.write(format!("account.{}.key", digest(&parts)), account)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(15));
+        assert_eq!(backoff(3), Duration::from_secs(45));
+        assert_eq!(backoff(40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn only_public_dns_names_are_ordered() {
+        let hosts: Vec<String> = [
+            "app.example.com",
+            "127.0.0.1",
+            "[::1]",
+            "*.example.com",
+            "localhost",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (ok, warnings) = eligible(&hosts);
+        assert_eq!(ok, vec!["app.example.com".to_string()]);
+        assert_eq!(warnings.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn cache_files_are_private_and_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore {
+            dir: dir.path().join("acme"),
+            cert: Arc::new(HostCert {
+                resolver: ArcSwap::new(
+                    AcmeConfig::new_with_client_config(
+                        ["a.test"],
+                        client_config(&AutocertSettings {
+                            directory: String::new(),
+                            contacts: vec![],
+                            dir: PathBuf::new(),
+                            trusted_ca_pem: None,
+                            http01: false,
+                        })
+                        .unwrap(),
+                    )
+                    .state()
+                    .resolver(),
+                ),
+                not_after: AtomicI64::new(0),
+            }),
+        };
+        use rustls_acme::AccountCache;
+        store
+            .store_account(&["mailto:a@b.test".into()], "https://ca.test/dir", b"KEY")
+            .await
+            .unwrap();
+        let back = store
+            .load_account(&["mailto:a@b.test".into()], "https://ca.test/dir")
+            .await
+            .unwrap();
+        assert_eq!(back.as_deref(), Some(&b"KEY"[..]));
+        let other = store
+            .load_account(&[], "https://ca.test/dir")
+            .await
+            .unwrap();
+        assert_eq!(other, None, "another contact is another account");
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("acme")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        for f in std::fs::read_dir(dir.path().join("acme")).unwrap() {
+            let f = f.unwrap();
+            assert!(!f.file_name().to_string_lossy().ends_with(".tmp"));
+            assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}
