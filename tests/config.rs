@@ -284,7 +284,9 @@ fn autocert_settings_are_checked() {
         "autocert needs TLS",
     );
     assert_error(
-        &format!("autocert: true\nautocert_use_staging: true\nautocert_ca: https://ca.test/dir\n{route}"),
+        &format!(
+            "autocert: true\nautocert_use_staging: true\nautocert_ca: https://ca.test/dir\n{route}"
+        ),
         "3:14",
         "keep one",
     );
@@ -322,5 +324,8 @@ fn autocert_settings_are_checked() {
 
     // autocert_* without autocert is not silently ignored.
     let c = ok(&format!("autocert_email: ops@example.com\n{route}"));
-    assert!(c.warnings.iter().any(|w| w.contains("`autocert_email` is set but `autocert` is not")));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.contains("`autocert_email` is set but `autocert` is not")));
 }

@@ -199,3 +199,49 @@ async fn the_expiry_of_each_served_certificate_is_a_metric() {
     // rcgen's default validity ends in 4096.
     assert!(t > now, "{line}");
 }
+
+#[tokio::test]
+async fn a_certificate_file_replaced_on_disk_is_served_without_a_restart() {
+    let a = Echo::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1, _) = cert_files(dir.path(), "live", &["one.test"]);
+    let yaml = format!(
+        "address: 127.0.0.1:0\ncertificates:\n  - {{cert: {}, key: {}}}\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {a}\n    allow_public_unauthenticated_access: true\n",
+        c1.display(),
+        k1.display(),
+        a = a.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let addr = p.addr();
+    let before = leaf_names(&tls_connect(addr, "one.test", &[b"http/1.1"]).await);
+    let watcher = {
+        let config = p.config.clone();
+        let handle: &'static portcullis::server::Handle = Box::leak(Box::new(p.handle));
+        tokio::spawn(async move { portcullis::server::reload_watch::run(handle, &config).await })
+    };
+    // Let the watcher take its first look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What certbot or cert-manager does: write the new pair beside, then rename over.
+    let renewed = tempfile::tempdir().unwrap();
+    let (c2, k2, _) = cert_files(renewed.path(), "live", &["one.test"]);
+    std::fs::rename(&k2, &k1).unwrap();
+    std::fs::rename(&c2, &c1).unwrap();
+    let want = rustls_pki_types::pem::PemObject::from_pem_file(&c1)
+        .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    assert_ne!(before, want);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaf_names(&tls_connect(addr, "one.test", &[b"http/1.1"]).await);
+        if now == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watcher.abort();
+}
