@@ -56,8 +56,8 @@ export async function waitForPort(port, host = '127.0.0.1', ms = 15000) {
  * Starts oidc-provider on 127.0.0.1:port with one client (`portcullis`) whose redirect URIs
  * are given. `idTokenTtl` (seconds) makes ID tokens short-lived to force refreshes.
  */
-export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idTokenTtl = 3600 }) {
-  const issuer = `http://127.0.0.1:${port}`;
+export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idTokenTtl = 3600, host = '127.0.0.1' }) {
+  const issuer = `http://${host}:${port}`;
   // Fresh signing keys for every IdP instance (a restarted IdP has rotated its keys).
   const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
   const jwk = { ...(await jose.exportJWK(privateKey)), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
@@ -97,7 +97,7 @@ export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idT
     },
   });
   provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
-  const server = provider.listen(port, '127.0.0.1');
+  const server = provider.listen(port, host);
   await once(server, 'listening');
   return {
     issuer,
@@ -125,7 +125,7 @@ export async function startEcho(name = 'echo') {
 }
 
 /** Runs the Portcullis binary on a config (YAML text) in `dir`; resolves once it listens. */
-export async function startPortcullis({ dir, yaml, port, env = {} }) {
+export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0.0.1' }) {
   fs.mkdirSync(dir, { recursive: true });
   const cfg = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfg, yaml);
@@ -140,7 +140,7 @@ export async function startPortcullis({ dir, yaml, port, env = {} }) {
   });
   const exited = once(child, 'exit');
   await Promise.race([
-    waitForPort(port),
+    waitForPort(port, host),
     exited.then(([code]) => { throw new Error(`portcullis exited ${code}:\n${logs.join('')}`); }),
   ]);
   return {
@@ -160,14 +160,17 @@ export function tmpdir(prefix) {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-/** Headless Debian Chromium; `*.test` names resolve to 127.0.0.1. */
-export async function launchBrowser(extraArgs = []) {
+/**
+ * Headless Debian Chromium; `*.test` names resolve to `testHostsTo` (127.0.0.1). `executablePath`
+ * lets a test start it through a wrapper (the OpenClaw test runs it in a network namespace).
+ */
+export async function launchBrowser(extraArgs = [], { executablePath, testHostsTo = '127.0.0.1' } = {}) {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    executablePath: executablePath || process.env.CHROMIUM || '/usr/bin/chromium',
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
       '--no-first-run', '--disable-component-update', '--disable-sync',
-      '--host-resolver-rules=MAP *.test 127.0.0.1',
+      `--host-resolver-rules=MAP *.test ${testHostsTo}`,
       ...extraArgs,
     ],
   });
@@ -185,10 +188,10 @@ export async function idpLogin(page, login) {
  * A raw HTTPS request to Portcullis on 127.0.0.1 with SNI and Host `host` (certificates are
  * not checked: the suite runs on a self-signed one). Resolves { status, headers, body }.
  */
-export function request(port, host, pathAndQuery, { method = 'GET', headers = {}, body } = {}) {
+export function request(port, host, pathAndQuery, { method = 'GET', headers = {}, body, addr = '127.0.0.1' } = {}) {
   return new Promise((resolve, reject) => {
     const req = https.request({
-      host: '127.0.0.1', port, servername: host, path: pathAndQuery, method,
+      host: addr, port, servername: host, path: pathAndQuery, method,
       headers: { host: `${host}:${port}`, ...headers }, rejectUnauthorized: false, agent: false,
     }, (res) => {
       const chunks = [];
