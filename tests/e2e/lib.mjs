@@ -18,6 +18,7 @@ export const root = path.resolve(here, '..', '..');
 const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
 export const BIN = process.env.PORTCULLIS_BIN || path.join(target, 'debug', 'portcullis');
 export const ECHO = process.env.PORTCULLIS_ECHO_BIN || path.join(target, 'debug', 'examples', 'echo');
+export const OPENCLAW = path.join(here, 'openclaw', 'node_modules', 'openclaw', 'openclaw.mjs');
 export const COOKIE_SECRET = 'q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=';
 export const CLIENT_SECRET = 'e2e-client-secret';
 
@@ -237,4 +238,45 @@ ${extra}routes:
     allow_public_unauthenticated_access: true
 `;
 
+}
+
+/**
+ * Starts the real OpenClaw gateway (`openclaw gateway run`, from tests/e2e/openclaw's pinned
+ * package) on 127.0.0.1:port with `config` (openclaw.json); resolves once it admits traffic.
+ * Needs Node 24: run under tests/e2e/openclaw/node_modules/.bin/node.
+ */
+export async function startOpenClaw({ dir, port, config }) {
+  const state = path.join(dir, 'openclaw-state');
+  fs.mkdirSync(state, { recursive: true });
+  const cfg = path.join(dir, 'openclaw.json');
+  fs.writeFileSync(cfg, JSON.stringify(config, null, 2));
+  const logs = [];
+  const child = spawn(process.execPath, [OPENCLAW, 'gateway', 'run'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env, HOME: state, OPENCLAW_STATE_DIR: state, OPENCLAW_CONFIG_PATH: cfg,
+      OPENCLAW_LOG_LEVEL: 'debug', NO_COLOR: '1',
+    },
+  });
+  for (const s of [child.stdout, child.stderr]) {
+    s.on('data', (d) => { logs.push(String(d)); if (process.env.E2E_VERBOSE) process.stderr.write(d); });
+  }
+  await waitForPort(port, '127.0.0.1', 90000);
+  // The HTTP listener comes up before the gateway admits traffic.
+  const end = Date.now() + 60000;
+  while (!logs.join('').includes('[gateway] ready')) {
+    if (Date.now() > end) throw new Error(`openclaw gateway not ready:\n${logs.join('')}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    logs,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await Promise.race([
+        new Promise((r) => child.once('exit', r)),
+        new Promise((r) => setTimeout(r, 10000)).then(() => child.kill('SIGKILL')),
+      ]);
+    },
+  };
 }

