@@ -358,3 +358,50 @@ async fn a_reload_closes_the_websockets_it_no_longer_allows_and_keeps_the_others
         assert!(reason.contains("revoked"), "{reason}");
     }
 }
+
+#[tokio::test]
+async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_exempt_by_its_look() {
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    let cookie = cookie_for("app.test", now() + 600);
+    let r = get(p.addr(), "app.test", "/x", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 200);
+    let assertion = r.seen().header("x-portcullis-jwt-assertion").unwrap().to_string();
+    // The session cookie's value itself, outside the Cookie header.
+    let value = cookie.split_once('=').unwrap().1.to_string();
+    let hits = echo.hits();
+    let bearer = format!("Bearer {assertion}");
+    let bearer_cookie = format!("Bearer {value}");
+    let attempts: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/x".into(), vec![("authorization", bearer.as_str())]),
+        ("/x".into(), vec![("x-portcullis-jwt-assertion", assertion.as_str())]),
+        ("/x".into(), vec![("authorization", bearer_cookie.as_str())]),
+        ("/x".into(), vec![("authorization", "Basic YWxpY2VAZXhhbXBsZS5jb206cGFzc3dvcmQ=")]),
+        (format!("/x?access_token={assertion}"), vec![]),
+        (format!("/x?id_token={assertion}"), vec![]),
+        (format!("/x?_portcullis={value}"), vec![]),
+        ("/x".into(), vec![("cookie", "_portcullis=")]),
+        ("/x".into(), vec![("cookie", "_Portcullis=x")]),
+        // Health checkers and well-known paths get no exemption on a protected route.
+        ("/healthz".into(), vec![("user-agent", "kube-probe/1.31")]),
+        ("/".into(), vec![("user-agent", "GoogleHC/1.0")]),
+        ("/".into(), vec![("user-agent", "ELB-HealthChecker/2.0")]),
+        ("/.well-known/openid-configuration".into(), vec![]),
+        ("/.well-known/acme-challenge/token".into(), vec![]),
+        ("/.well-known/security.txt".into(), vec![]),
+        ("/favicon.ico".into(), vec![]),
+        ("/robots.txt".into(), vec![]),
+    ];
+    for (path, headers) in &attempts {
+        let mut h = headers.clone();
+        h.push(("accept", "application/json"));
+        let r = get(p.addr(), "app.test", path, &h).await;
+        assert_eq!(r.status, 401, "{path} {headers:?} got {}", r.status);
+    }
+    assert_eq!(echo.hits(), hits, "a request without a session reached the upstream");
+    // The cookie of another route host is no session here.
+    let other = cookie_for("other.test", now() + 600);
+    let r = get(p.addr(), "app.test", "/x", &[("cookie", &other), ("accept", "application/json")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(echo.hits(), hits);
+}
