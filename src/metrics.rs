@@ -31,6 +31,7 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; 2],
     sign_ins: AtomicU64,
     sign_in_failures: AtomicU64,
+    connections_refused: AtomicU64,
     websockets: std::sync::Arc<AtomicI64>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
@@ -101,6 +102,10 @@ impl Metrics {
             504 => self.upstream_errors[1].fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn sign_in(&self, ok: bool) {
@@ -191,6 +196,13 @@ impl Metrics {
             "Refused or failed sign-in callbacks.",
             "counter",
             self.sign_in_failures.load(Ordering::Relaxed).to_string(),
+        );
+        g(
+            &mut o,
+            "portcullis_connections_refused_total",
+            "Connections closed at accept because max_connections or max_connections_per_ip was reached.",
+            "counter",
+            self.connections_refused.load(Ordering::Relaxed).to_string(),
         );
         g(
             &mut o,

@@ -329,3 +329,32 @@ fn autocert_settings_are_checked() {
         .iter()
         .any(|w| w.contains("`autocert_email` is set but `autocert` is not")));
 }
+
+#[test]
+fn connection_caps_and_hsts_are_checked() {
+    let route = "routes:\n  - from: http://a\n    to: http://b\n    allow_public_unauthenticated_access: true\n";
+    assert_error(
+        &format!("insecure_server: true\nmax_connections_per_ip: 0\n{route}"),
+        "2:25",
+        "at least 1",
+    );
+    assert_error(
+        &format!("insecure_server: true\nmax_connections: -1\n{route}"),
+        "2:18",
+        "",
+    );
+    assert_error(
+        &format!("insecure_server: true\nhsts_max_age: forever\n{route}"),
+        "2:15",
+        "",
+    );
+    let c = ok(&format!("insecure_server: true\n{route}"));
+    assert_eq!(c.settings.max_connections, 16384);
+    assert_eq!(c.settings.max_connections_per_ip, 1024);
+    assert_eq!(c.settings.hsts_max_age, None);
+    let c = ok(&format!(
+        "insecure_server: true\nhsts_max_age: 1h\nmax_connections: 10\n{route}"
+    ));
+    assert_eq!(c.settings.hsts_max_age.map(|d| d.as_secs()), Some(3600));
+    assert_eq!(c.settings.max_connections, 10);
+}

@@ -366,7 +366,11 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
     let cookie = cookie_for("app.test", now() + 600);
     let r = get(p.addr(), "app.test", "/x", &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 200);
-    let assertion = r.seen().header("x-portcullis-jwt-assertion").unwrap().to_string();
+    let assertion = r
+        .seen()
+        .header("x-portcullis-jwt-assertion")
+        .unwrap()
+        .to_string();
     // The session cookie's value itself, outside the Cookie header.
     let value = cookie.split_once('=').unwrap().1.to_string();
     let hits = echo.hits();
@@ -374,9 +378,18 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
     let bearer_cookie = format!("Bearer {value}");
     let attempts: Vec<(String, Vec<(&str, &str)>)> = vec![
         ("/x".into(), vec![("authorization", bearer.as_str())]),
-        ("/x".into(), vec![("x-portcullis-jwt-assertion", assertion.as_str())]),
+        (
+            "/x".into(),
+            vec![("x-portcullis-jwt-assertion", assertion.as_str())],
+        ),
         ("/x".into(), vec![("authorization", bearer_cookie.as_str())]),
-        ("/x".into(), vec![("authorization", "Basic YWxpY2VAZXhhbXBsZS5jb206cGFzc3dvcmQ=")]),
+        (
+            "/x".into(),
+            vec![(
+                "authorization",
+                "Basic YWxpY2VAZXhhbXBsZS5jb206cGFzc3dvcmQ=",
+            )],
+        ),
         (format!("/x?access_token={assertion}"), vec![]),
         (format!("/x?id_token={assertion}"), vec![]),
         (format!("/x?_portcullis={value}"), vec![]),
@@ -398,10 +411,20 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
         let r = get(p.addr(), "app.test", path, &h).await;
         assert_eq!(r.status, 401, "{path} {headers:?} got {}", r.status);
     }
-    assert_eq!(echo.hits(), hits, "a request without a session reached the upstream");
+    assert_eq!(
+        echo.hits(),
+        hits,
+        "a request without a session reached the upstream"
+    );
     // The cookie of another route host is no session here.
     let other = cookie_for("other.test", now() + 600);
-    let r = get(p.addr(), "app.test", "/x", &[("cookie", &other), ("accept", "application/json")]).await;
+    let r = get(
+        p.addr(),
+        "app.test",
+        "/x",
+        &[("cookie", &other), ("accept", "application/json")],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(echo.hits(), hits);
 }

@@ -82,6 +82,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub timeout_read_header: Duration,
     pub timeout_idle: Duration,
+    /// Open connections in all, and from one client address (IPv6: its /64).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// `Strict-Transport-Security: max-age=…` on every HTTPS response; `None` = not sent.
+    pub hsts_max_age: Option<Duration>,
     pub data_dir: PathBuf,
 }
 
@@ -403,10 +408,40 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
             raw.timeout_idle.as_ref(),
             Duration::from_secs(300),
         ),
+        max_connections: positive(cx, "max_connections", raw.max_connections.as_ref(), 16384),
+        max_connections_per_ip: positive(
+            cx,
+            "max_connections_per_ip",
+            raw.max_connections_per_ip.as_ref(),
+            1024,
+        ),
+        hsts_max_age: raw
+            .hsts_max_age
+            .as_ref()
+            .map(|_| {
+                dur(
+                    cx,
+                    "hsts_max_age",
+                    raw.hsts_max_age.as_ref(),
+                    Duration::ZERO,
+                )
+            })
+            .filter(|d| !d.is_zero()),
         data_dir: raw
             .data_dir
             .as_ref()
             .map_or_else(|| cx.path("data"), |d| cx.path(&d.value)),
+    }
+}
+
+fn positive(cx: &mut Ctx<'_>, key: &str, v: Option<&Spanned<u32>>, default: usize) -> usize {
+    match v {
+        None => default,
+        Some(n) if n.value == 0 => {
+            cx.top(key, pos(n), format!("{key} must be at least 1"));
+            default
+        }
+        Some(n) => n.value as usize,
     }
 }
 

@@ -87,9 +87,9 @@ pub fn apply(
                   idp_client_secret_file, idp_groups_claim, cookie_secret, cookie_secret_file,
                   cookie_name, cookie_expire, cookie_domain, signing_key, signing_key_file,
                   metrics_address, log_level, log_format, timeout_read_header, timeout_idle,
-                  data_dir];
+                  hsts_max_age, data_dir];
         typed: [insecure_server, autocert, autocert_use_staging, idp_scopes, jwt_claims_headers,
-                pass_identity_headers]);
+                pass_identity_headers, max_connections, max_connections_per_ip]);
     if env.var("PORTCULLIS_ROUTES").is_some() {
         errs.push(ConfigError::new(
             "env PORTCULLIS_ROUTES",

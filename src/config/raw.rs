@@ -67,6 +67,9 @@ pub struct RawConfig {
     pub log_format: Option<S<String>>,
     pub timeout_read_header: Option<S<String>>,
     pub timeout_idle: Option<S<String>>,
+    pub max_connections: Option<S<u32>>,
+    pub max_connections_per_ip: Option<S<u32>>,
+    pub hsts_max_age: Option<S<String>>,
     pub data_dir: Option<S<String>>,
     pub routes: Option<Vec<S<RawRoute>>>,
 }

@@ -7,7 +7,9 @@ use hyper_util::server::conn::auto;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub handshake_timeout: Duration,
+    /// Open connections in all (`max_connections`).
+    pub max_connections: usize,
+    /// Open connections from one client address (`max_connections_per_ip`).
+    pub max_connections_per_ip: usize,
 }
 
 impl From<&Settings> for Limits {
@@ -37,6 +43,8 @@ impl From<&Settings> for Limits {
             idle_timeout: s.timeout_idle,
             max_header_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: s.max_connections,
+            max_connections_per_ip: s.max_connections_per_ip,
         }
     }
 }
@@ -68,20 +76,65 @@ impl ResolvesServerCert for LiveResolver {
     }
 }
 
-/// Counts live connections so shutdown can wait for them.
+/// Counts live connections, in all and per client address: shutdown waits for them, and the
+/// caps refuse new ones beyond `max_connections` / `max_connections_per_ip`.
 #[derive(Default)]
 struct Tracker {
     live: AtomicUsize,
     idle: Notify,
+    per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
 }
 
-struct Live(Arc<Tracker>);
+struct Live(Arc<Tracker>, IpAddr);
+
+impl Tracker {
+    /// Counts a new connection from `ip`, or `None` when a cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<Live> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limits.max_connections_per_ip
+            || self.live.load(Ordering::Acquire) >= limits.max_connections
+        {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        self.live.fetch_add(1, Ordering::AcqRel);
+        Some(Live(self.clone(), ip))
+    }
+}
 
 impl Drop for Live {
     fn drop(&mut self) {
+        {
+            let mut per_ip = self.0.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.1);
+                }
+            }
+        }
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// The client address a cap counts: IPv4-mapped IPv6 as IPv4, and an IPv6 client by its /64
+/// (one host commonly holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -107,9 +160,14 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let Some(live) = tracker.admit(client_key(peer.ip()), &limits) else {
+            // Over a cap: close at once (RST-free; the client sees the connection end).
+            shared.metrics.connection_refused();
+            tracing::debug!(%peer, "connection refused: connection cap reached");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        tracker.live.fetch_add(1, Ordering::AcqRel);
-        let live = Live(tracker.clone());
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
