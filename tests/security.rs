@@ -461,3 +461,36 @@ async fn pages_escape_what_they_reflect_and_carry_the_security_headers() {
         Some("max-age=31536000")
     );
 }
+
+#[tokio::test]
+async fn client_address_headers_never_satisfy_source_ip() {
+    let a = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+         \x20 - from: http://app.test\n    to: {}\n    policy:\n      - allow:\n          or:\n            - source_ip: {{ in: [10.0.0.0/8] }}\n",
+        a.url()
+    ))
+    .await;
+    for (h, v) in [
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-for", "10.1.2.3, 10.9.9.9"),
+        ("forwarded", "for=10.1.2.3"),
+        ("x-real-ip", "10.1.2.3"),
+        ("x-client-ip", "10.1.2.3"),
+        ("true-client-ip", "10.1.2.3"),
+        ("cf-connecting-ip", "10.1.2.3"),
+        ("x_real_ip", "10.1.2.3"),
+    ] {
+        let r = get(p.addr(), "app.test", "/", &[(h, v)]).await;
+        assert_eq!(r.status, 403, "{h}: {v}");
+    }
+    assert_eq!(a.hits(), 0);
+    // The control: the same rule admits a client that really is in the range.
+    let p2 = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+         \x20 - from: http://app.test\n    to: {}\n    policy:\n      - allow:\n          or:\n            - source_ip: {{ in: [127.0.0.0/8] }}\n",
+        a.url()
+    ))
+    .await;
+    assert_eq!(get(p2.addr(), "app.test", "/", &[]).await.status, 200);
+}
