@@ -1,0 +1,56 @@
+//! For bench/run: writes a self-signed certificate and key for `localhost` into DIR and prints a
+//! `Cookie` header value holding a valid session for HOST, sealed with the given cookie secret.
+//!
+//! usage: bench_setup DIR HOST COOKIE_SECRET_BASE64
+
+use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
+use portcullis::policy::Identity;
+use std::time::Duration;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, host, secret] = args.as_slice() else {
+        return Err("usage: bench_setup DIR HOST COOKIE_SECRET_BASE64".into());
+    };
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".into()])?;
+    std::fs::write(format!("{dir}/cert.pem"), ck.cert.pem())?;
+    std::fs::write(format!("{dir}/key.pem"), ck.signing_key.serialize_pem())?;
+    use base64::Engine;
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(secret)?
+        .try_into()
+        .map_err(|_| "the cookie secret is not 32 bytes")?;
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id).map_err(|_| "no randomness")?;
+    let s = Session {
+        id,
+        identity: Identity {
+            iss: "https://idp.example.com".into(),
+            sub: "248289761001".into(),
+            email: Some("alice@example.com".into()),
+            email_verified: Some(true),
+            groups: vec!["staff".into(), "openclaw-admins".into()],
+            claims: Default::default(),
+        },
+        expires: now() + 24 * 3600,
+        id_token_exp: now() + 24 * 3600,
+        refresh_token: None,
+        id_token: None,
+    };
+    let sealed = CookieKey::new(&key)?
+        .seal("session", host, &s)
+        .ok_or("cannot seal the session")?;
+    let jar = CookieJar {
+        name: "_portcullis".into(),
+        domain: None,
+        max_age: Duration::from_secs(24 * 3600),
+    };
+    let cookie = jar
+        .set_session(&sealed, &http::HeaderMap::new())
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("; ");
+    println!("{cookie}");
+    Ok(())
+}
