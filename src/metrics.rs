@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::Duration;
 
 /// Latency histogram bucket bounds, seconds.
@@ -23,7 +23,9 @@ impl Drop for WsGuard {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, &'static str, u16), u64>>,
+    /// Per route name: counts by method and status class. A request takes a read lock and
+    /// bumps an atomic; only a route name seen for the first time takes the write lock.
+    requests: RwLock<HashMap<String, RouteCounts>>,
     latency: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -36,6 +38,22 @@ pub struct Metrics {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     last_reload: AtomicU64,
+}
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// `[method][status class 1..=5]` counters of one route.
+#[derive(Default)]
+struct RouteCounts([[AtomicU64; 5]; METHODS.len()]);
+
+fn method_index(m: &http::Method) -> usize {
+    let l = method_label(m);
+    METHODS
+        .iter()
+        .position(|x| *x == l)
+        .unwrap_or(METHODS.len() - 1)
 }
 
 fn method_label(m: &http::Method) -> &'static str {
@@ -68,20 +86,25 @@ impl Metrics {
         took: Duration,
         decision: &str,
     ) {
-        let class = status / 100 * 100;
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((
-                route.unwrap_or("-").to_string(),
-                method_label(method),
-                class,
-            ))
-            .or_insert(0) += 1;
-        }
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency[i].fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let mi = method_index(method);
+        let route = route.unwrap_or("-");
+        let counted = match self.requests.read() {
+            Ok(m) => m
+                .get(route)
+                .map(|c| c.0[mi][class].fetch_add(1, Ordering::Relaxed)),
+            Err(_) => Some(0),
+        };
+        if counted.is_none() {
+            if let Ok(mut m) = self.requests.write() {
+                m.entry(route.to_string()).or_default().0[mi][class]
+                    .fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // One bucket per request; `render` makes them cumulative.
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency[i].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(
@@ -137,20 +160,29 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
         let _ = writeln!(o, "# HELP portcullis_requests_total Requests by route, method and status class.\n# TYPE portcullis_requests_total counter");
-        if let Ok(m) = self.requests.lock() {
-            let mut rows: Vec<_> = m.iter().collect();
-            rows.sort();
-            for ((route, method, class), n) in rows {
-                let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-                let _ = writeln!(o, "portcullis_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{}xx\"}} {n}", class / 100);
+        if let Ok(m) = self.requests.read() {
+            let mut names: Vec<_> = m.keys().collect();
+            names.sort();
+            for name in names {
+                let counts = &m[name];
+                let route = name.replace('\\', "\\\\").replace('"', "\\\"");
+                for (mi, method) in METHODS.iter().enumerate() {
+                    for class in 0..5 {
+                        let n = counts.0[mi][class].load(Ordering::Relaxed);
+                        if n > 0 {
+                            let _ = writeln!(o, "portcullis_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{}xx\"}} {n}", class + 1);
+                        }
+                    }
+                }
             }
         }
         let _ = writeln!(o, "# HELP portcullis_request_duration_seconds Time to answer (headers sent for proxied requests).\n# TYPE portcullis_request_duration_seconds histogram");
+        let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.latency[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 o,
-                "portcullis_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                self.latency[i].load(Ordering::Relaxed)
+                "portcullis_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
@@ -233,5 +265,59 @@ impl Metrics {
             self.last_reload.load(Ordering::Relaxed).to_string(),
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_route_method_and_class_and_a_cumulative_histogram() {
+        let m = Metrics::new();
+        m.request(
+            Some("app"),
+            &http::Method::GET,
+            200,
+            Duration::from_micros(500),
+            "allow",
+        );
+        m.request(
+            Some("app"),
+            &http::Method::GET,
+            204,
+            Duration::from_millis(30),
+            "allow",
+        );
+        m.request(
+            Some("app"),
+            &http::Method::from_bytes(b"PROPFIND").unwrap(),
+            403,
+            Duration::from_secs(20),
+            "deny",
+        );
+        m.request(
+            None,
+            &http::Method::POST,
+            502,
+            Duration::from_millis(3),
+            "-",
+        );
+        let t = m.render();
+        for line in [
+            "portcullis_requests_total{route=\"app\",method=\"GET\",status=\"2xx\"} 2",
+            "portcullis_requests_total{route=\"app\",method=\"other\",status=\"4xx\"} 1",
+            "portcullis_requests_total{route=\"-\",method=\"POST\",status=\"5xx\"} 1",
+            "portcullis_request_duration_seconds_bucket{le=\"0.001\"} 1",
+            "portcullis_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "portcullis_request_duration_seconds_bucket{le=\"0.05\"} 3",
+            "portcullis_request_duration_seconds_bucket{le=\"10\"} 3",
+            "portcullis_request_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "portcullis_request_duration_seconds_count 4",
+            "portcullis_policy_decisions_total{decision=\"deny\"} 1",
+            "portcullis_upstream_errors_total{kind=\"unavailable\"} 1",
+        ] {
+            assert!(t.contains(line), "missing {line}\n{t}");
+        }
     }
 }
