@@ -29,6 +29,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
     pub upstream: String,
+    /// The connection's client address (Portcullis's side of the upstream connection).
+    pub peer: String,
 }
 
 impl Seen {
@@ -73,7 +75,7 @@ impl Echo {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = l.accept().await else {
+                let Ok((tcp, peer)) = l.accept().await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -81,7 +83,8 @@ impl Echo {
                 let n = n.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| echo(req, h.clone(), n.clone()));
+                    let svc =
+                        service_fn(move |req| echo(req, h.clone(), n.clone(), peer.to_string()));
                     let b = hyper::server::conn::http1::Builder::new();
                     match acceptor {
                         Some(a) => {
@@ -128,6 +131,7 @@ async fn echo(
     mut req: Request<Incoming>,
     hits: Arc<AtomicUsize>,
     name: String,
+    peer: String,
 ) -> Result<Response<EchoBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
@@ -223,7 +227,7 @@ async fn echo(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let json = serde_json::json!({
-        "method": method, "target": target, "headers": headers, "body_len": body.len(), "upstream": name,
+        "method": method, "target": target, "headers": headers, "body_len": body.len(), "upstream": name, "peer": peer,
     });
     let mut r = Response::new(full(json.to_string()));
     let h = r.headers_mut();

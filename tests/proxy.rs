@@ -607,3 +607,67 @@ async fn behind_a_tls_terminator_the_routes_https_scheme_is_what_the_browser_see
         Some(403)
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_body_less_response_frees_its_connection() {
+    let a = Echo::start("a").await;
+    let p = proxy_with(&public_route("http://app.test", &a.url())).await;
+    let first = get(p.addr(), "app.test", "/one", &[]).await.seen().peer;
+    for i in 0..5 {
+        let r = get(p.addr(), "app.test", &format!("/n{i}"), &[]).await;
+        assert_eq!(
+            r.seen().peer,
+            first,
+            "a new upstream connection per request"
+        );
+    }
+    // HEAD has no body to read: its connection goes back to the pool at once.
+    let head = send(
+        p.addr(),
+        Request::head("/h")
+            .header("host", "app.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        get(p.addr(), "app.test", "/after", &[]).await.seen().peer,
+        first
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that answers one request per connection, then closes it a moment later
+    // (without saying `Connection: close`), as servers with short keep-alive timeouts do.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let p = proxy_with(&public_route("http://app.test", &format!("http://{up}"))).await;
+    for _ in 0..3 {
+        let r = get(p.addr(), "app.test", "/", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -1,22 +1,27 @@
-//! The upstream side: pooled keep-alive connections (HTTP/1.1, plain or TLS), round-robin
+//! The upstream side: pooled keep-alive connections (HTTP/1.1, plain or TLS) that each request
+//! drives itself, round-robin
 //! over a route's `to` URLs with fail-over on refused connections, timeouts → 502/504.
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper::client::conn::http1;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
+use tokio::net::TcpStream;
+use tower_service::Service;
 
 use super::error::ProxyError;
 use crate::policy::eval::Permitted;
@@ -45,9 +50,62 @@ fn default_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-/// A pooled client for one route's upstreams.
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Conn = http1::Connection<Io, UpBody>;
+
+/// Keep-alive connections waiting for their next request, by upstream.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpBody>,
+    conn: Conn,
+    since: Instant,
+}
+
+/// An idle connection older than this is closed rather than reused.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+/// Idle connections kept per upstream.
+const IDLE_MAX: usize = 128;
+
+impl Pool {
+    fn put(&self, key: Arc<str>, sender: http1::SendRequest<UpBody>, conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
+            if list.len() < IDLE_MAX {
+                list.push(Idle {
+                    sender,
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Idle> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < IDLE_FOR {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// A pooled client for one route's upstreams (HTTP/1.1, plain or TLS).
+///
+/// Unlike a client that runs each connection in a task of its own, a request here drives its
+/// upstream connection itself — while waiting for the response headers, then from the response
+/// body as the downstream connection reads it — so a proxied request makes no cross-task
+/// hand-off (bench/README.md). The connection goes back to the pool when the body has ended.
+/// WebSocket upgrades get a fresh connection in a task of its own.
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, UpBody>,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
 }
 
 impl UpstreamClient {
@@ -79,13 +137,197 @@ impl UpstreamClient {
             None => b,
         };
         let connector = b.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .set_host(false)
-            .build(connector);
-        Ok(UpstreamClient { client })
+        Ok(UpstreamClient {
+            connector,
+            pool: Arc::default(),
+        })
+    }
+
+    async fn connect(&self, target: &Uri) -> Result<(http1::SendRequest<UpBody>, Conn), Failure> {
+        let io = self
+            .connector
+            .clone()
+            .call(target.clone())
+            .await
+            .map_err(|e| Failure::Connect(error_chain(&*e)))?;
+        http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| Failure::Connect(error_chain(&e)))
+    }
+
+    /// One request on a pooled or new connection; the response's body drives the connection.
+    async fn request(
+        &self,
+        key: &Arc<str>,
+        target: &Uri,
+        req: Request<UpBody>,
+        upgrade: bool,
+        retryable: bool,
+    ) -> Result<Response<UpResponseBody>, Failure> {
+        if upgrade {
+            let (mut sender, conn) = self.connect(target).await?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| Failure::Sent(error_chain(&e)))?;
+            return Ok(resp.map(|body| UpResponseBody { body, driver: None }));
+        }
+        let mut req = Some(req);
+        // A pooled connection the upstream has closed meanwhile fails before anything is
+        // sent: then the request goes on a new connection.
+        while let Some(idle) = self.pool.take(key) {
+            let (mut sender, mut conn) = (idle.sender, idle.conn);
+            if !ready(&mut sender, &mut conn).await {
+                continue;
+            }
+            let Some(r) = req.take() else { break };
+            match exchange(sender, conn, r).await {
+                Ok(done) => return Ok(self.wrap(key, done)),
+                Err((Some(back), e)) if retryable => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
+                    req = Some(back);
+                }
+                Err((_, e)) => return Err(Failure::Sent(e)),
+            }
+        }
+        let Some(r) = req else {
+            return Err(Failure::Sent("no request".into()));
+        };
+        let (sender, conn) = self.connect(target).await?;
+        match exchange(sender, conn, r).await {
+            Ok(done) => Ok(self.wrap(key, done)),
+            Err((_, e)) => Err(Failure::Sent(e)),
+        }
+    }
+
+    fn wrap(&self, key: &Arc<str>, done: Exchanged) -> Response<UpResponseBody> {
+        let (resp, sender, conn) = done;
+        let mut driver = Some(Driver {
+            sender,
+            conn,
+            pool: Arc::downgrade(&self.pool),
+            key: key.clone(),
+        });
+        // A response without a body may never be polled: the connection is free now.
+        if resp.body().is_end_stream() {
+            if let Some(d) = driver.take() {
+                d.give_back();
+            }
+        }
+        resp.map(|body| UpResponseBody { body, driver })
+    }
+}
+
+enum Failure {
+    /// No connection was made: nothing was sent.
+    Connect(String),
+    /// The request may have reached the upstream.
+    Sent(String),
+}
+
+type Exchanged = (Response<Incoming>, http1::SendRequest<UpBody>, Conn);
+
+/// Polls the connection until it is ready for a request; false if it has closed.
+async fn ready(sender: &mut http1::SendRequest<UpBody>, conn: &mut Conn) -> bool {
+    let check = std::future::poll_fn(|cx| {
+        if Pin::new(&mut *conn).poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        sender.poll_ready(cx).map(|r| r.is_ok())
+    });
+    tokio::time::timeout(Duration::from_secs(1), check)
+        .await
+        .unwrap_or(false)
+}
+
+/// Sends the request and drives the connection until the response headers arrive. On a
+/// failure before the request was sent, the request comes back for another try.
+async fn exchange(
+    mut sender: http1::SendRequest<UpBody>,
+    mut conn: Conn,
+    req: Request<UpBody>,
+) -> Result<Exchanged, (Option<Request<UpBody>>, String)> {
+    let mut fut = std::pin::pin!(sender.try_send_request(req));
+    let mut conn_done = false;
+    let resp = std::future::poll_fn(|cx| {
+        if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
+            conn_done = true;
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await;
+    match resp {
+        Ok(r) => Ok((r, sender, conn)),
+        Err(mut e) => {
+            let back = e.take_message();
+            Err((back, error_chain(e.error())))
+        }
+    }
+}
+
+/// The upstream response body; while it is read it also drives its connection, which goes
+/// back to the pool when the body has ended.
+pub struct UpResponseBody {
+    body: Incoming,
+    driver: Option<Driver>,
+}
+
+struct Driver {
+    sender: http1::SendRequest<UpBody>,
+    conn: Conn,
+    pool: std::sync::Weak<Pool>,
+    key: Arc<str>,
+}
+
+impl Driver {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.key, self.sender, self.conn);
+        }
+    }
+}
+
+impl HttpBody for UpResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(d) = &mut this.driver {
+            if Pin::new(&mut d.conn).poll(cx).is_ready() {
+                // Closed (or `Connection: close`): what it read is in the body already.
+                this.driver = None;
+            }
+        }
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        // A reader that knows the length stops at the last byte without asking for the end:
+        // the connection is free as soon as the body has ended either way.
+        let ended = match &r {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(d) = this.driver.take() {
+                d.give_back();
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -97,35 +339,46 @@ pub async fn send(
     parts: http::request::Parts,
     path_and_query: &str,
     body: UpBody,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpResponseBody>, ProxyError> {
+    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
-        let mut last = ProxyError::UpstreamUnavailable;
         for up in route.upstream_order() {
-            let uri = Uri::builder()
+            let target = Uri::builder()
                 .scheme(up.scheme.clone())
                 .authority(up.authority.clone())
-                .path_and_query(format!("{}{}", up.base_path, path_and_query))
+                .path_and_query("/")
                 .build()
                 .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
+            let path: http::uri::PathAndQuery = format!("{}{}", up.base_path, path_and_query)
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
             let mut req = Request::from_parts(parts.clone(), body.retry());
-            *req.uri_mut() = uri;
+            *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
             if !route.preserve_host_header {
                 req.headers_mut()
                     .insert(http::header::HOST, up.host_header.clone());
             }
-            match route.client.client.request(req).await {
+            let key: Arc<str> = Arc::from(format!("{}://{}", up.scheme, up.authority));
+            match route
+                .client
+                .request(&key, &target, req, upgrade, body.unread())
+                .await
+            {
                 Ok(resp) => return Ok(resp),
-                Err(e) => {
-                    tracing::warn!(route = %route.name, upstream = %up.authority, error = %error_chain(&e), "upstream request failed");
-                    last = ProxyError::UpstreamUnavailable;
-                    if !(e.is_connect() && body.unread()) {
-                        return Err(last);
+                Err(Failure::Connect(e)) => {
+                    tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream connection failed");
+                    if !body.unread() {
+                        return Err(ProxyError::UpstreamUnavailable);
                     }
+                }
+                Err(Failure::Sent(e)) => {
+                    tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream request failed");
+                    return Err(ProxyError::UpstreamUnavailable);
                 }
             }
         }
-        Err(last)
+        Err(ProxyError::UpstreamUnavailable)
     };
     match route.timeout {
         Some(t) => tokio::time::timeout(t, attempt)
