@@ -1,9 +1,5 @@
 use clap::Parser;
 
-// mimalloc: fewer cycles per request than glibc malloc (bench/README.md), and memory returned
-// to the system after a burst of connections.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

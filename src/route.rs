@@ -74,6 +74,8 @@ pub struct Upstream {
     pub base_path: String,
     /// The `Host` the upstream expects when `preserve_host_header` is off.
     pub host_header: HeaderValue,
+    /// `scheme://authority`: names this upstream's idle connections in the pool.
+    pub pool_key: std::sync::Arc<str>,
 }
 
 impl Upstream {
@@ -94,6 +96,7 @@ impl Upstream {
         let host_header =
             HeaderValue::from_str(&authority_str).map_err(|_| "not a valid host".to_string())?;
         Ok(Upstream {
+            pool_key: std::sync::Arc::from(format!("{scheme}://{authority}")),
             scheme,
             authority,
             base_path: u.path().trim_end_matches('/').to_string(),

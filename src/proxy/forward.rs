@@ -25,7 +25,7 @@ use tower_service::Service;
 
 use super::error::ProxyError;
 use crate::policy::eval::Permitted;
-use crate::route::Route;
+use crate::route::{Route, Upstream};
 
 /// TLS settings for a route's https upstreams.
 pub struct UpstreamTls {
@@ -143,11 +143,17 @@ impl UpstreamClient {
         })
     }
 
-    async fn connect(&self, target: &Uri) -> Result<(http1::SendRequest<UpBody>, Conn), Failure> {
+    async fn connect(&self, up: &Upstream) -> Result<(http1::SendRequest<UpBody>, Conn), Failure> {
+        let target = Uri::builder()
+            .scheme(up.scheme.clone())
+            .authority(up.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| Failure::Connect(e.to_string()))?;
         let io = self
             .connector
             .clone()
-            .call(target.clone())
+            .call(target)
             .await
             .map_err(|e| Failure::Connect(error_chain(&*e)))?;
         http1::Builder::new()
@@ -159,14 +165,13 @@ impl UpstreamClient {
     /// One request on a pooled or new connection; the response's body drives the connection.
     async fn request(
         &self,
-        key: &Arc<str>,
-        target: &Uri,
+        up: &Upstream,
         req: Request<UpBody>,
         upgrade: bool,
         retryable: bool,
     ) -> Result<Response<UpResponseBody>, Failure> {
         if upgrade {
-            let (mut sender, conn) = self.connect(target).await?;
+            let (mut sender, conn) = self.connect(up).await?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
@@ -176,6 +181,7 @@ impl UpstreamClient {
                 .map_err(|e| Failure::Sent(error_chain(&e)))?;
             return Ok(resp.map(|body| UpResponseBody { body, driver: None }));
         }
+        let key = &up.pool_key;
         let mut req = Some(req);
         // A pooled connection the upstream has closed meanwhile fails before anything is
         // sent: then the request goes on a new connection.
@@ -197,7 +203,7 @@ impl UpstreamClient {
         let Some(r) = req else {
             return Err(Failure::Sent("no request".into()));
         };
-        let (sender, conn) = self.connect(target).await?;
+        let (sender, conn) = self.connect(up).await?;
         match exchange(sender, conn, r).await {
             Ok(done) => Ok(self.wrap(key, done)),
             Err((_, e)) => Err(Failure::Sent(e)),
@@ -343,15 +349,14 @@ pub async fn send(
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
         for up in route.upstream_order() {
-            let target = Uri::builder()
-                .scheme(up.scheme.clone())
-                .authority(up.authority.clone())
-                .path_and_query("/")
-                .build()
-                .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            let path: http::uri::PathAndQuery = format!("{}{}", up.base_path, path_and_query)
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
+            let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
+                http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
+                    path_and_query.as_bytes(),
+                ))
+            } else {
+                format!("{}{}", up.base_path, path_and_query).parse()
+            }
+            .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
             let mut req = Request::from_parts(parts.clone(), body.retry());
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
@@ -359,12 +364,7 @@ pub async fn send(
                 req.headers_mut()
                     .insert(http::header::HOST, up.host_header.clone());
             }
-            let key: Arc<str> = Arc::from(format!("{}://{}", up.scheme, up.authority));
-            match route
-                .client
-                .request(&key, &target, req, upgrade, body.unread())
-                .await
-            {
+            match route.client.request(up, req, upgrade, body.unread()).await {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::Connect(e)) => {
                     tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream connection failed");
