@@ -245,3 +245,34 @@ async fn a_certificate_file_replaced_on_disk_is_served_without_a_restart() {
     }
     watcher.abort();
 }
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    ))
+    .await;
+    let cfg = tls_client_any(&[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("one.test").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+        kinds.push(s.get_ref().1.handshake_kind());
+    }
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed));
+}

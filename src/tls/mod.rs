@@ -158,6 +158,9 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<Server
         b"http/1.1".to_vec(),
         acme::ACME_TLS_ALPN.to_vec(),
     ];
+    // Resumption for returning clients: stateless tickets (keys rotated by rustls), so it
+    // scales to any number of clients with no per-client cache.
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
     cfg.send_tls13_tickets = 1;
     Ok(Arc::new(cfg))
 }
