@@ -11,7 +11,9 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, startEcho, startIdp, startOpenClaw, startPortcullis, tmpdir, USERS } from './lib.mjs';
+import {
+  freePort, openclawConfig, startEcho, startIdp, startOpenClaw, startPortcullis, tmpdir, USERS,
+} from './lib.mjs';
 
 function firstAddress() {
   for (const list of Object.values(os.networkInterfaces())) {
@@ -52,25 +54,7 @@ if (echoMode) {
   const gateway = await startOpenClaw({
     dir,
     port: gwPort,
-    config: {
-      gateway: {
-        mode: 'local',
-        port: gwPort,
-        bind: 'loopback',
-        // Portcullis reaches the gateway over loopback on this one machine.
-        trustedProxies: ['127.0.0.1'],
-        controlUi: { allowedOrigins: [origin] },
-        auth: {
-          mode: 'trusted-proxy',
-          trustedProxy: {
-            userHeader: 'x-forwarded-user',
-            requiredHeaders: ['x-portcullis-jwt-assertion'],
-            allowLoopback: true,
-            deviceAutoApprove: { enabled: true },
-          },
-        },
-      },
-    },
+    config: openclawConfig({ port: gwPort, origin }),
   });
   stops.unshift(() => gateway.stop());
   upstream = `http://127.0.0.1:${gwPort}`;

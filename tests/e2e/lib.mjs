@@ -241,6 +241,33 @@ ${extra}routes:
 }
 
 /**
+ * openclaw.json for a gateway on 127.0.0.1:port behind a Portcullis on the same machine, which
+ * reaches it over loopback (hence `allowLoopback` with 127.0.0.1 trusted): trusted-proxy mode,
+ * the user from `X-Forwarded-User`, the assertion header required, new browsers approved.
+ */
+export function openclawConfig({ port, origin, allowUsers }) {
+  return {
+    gateway: {
+      mode: 'local',
+      port,
+      bind: 'loopback',
+      trustedProxies: ['127.0.0.1'],
+      controlUi: { allowedOrigins: [origin] },
+      auth: {
+        mode: 'trusted-proxy',
+        trustedProxy: {
+          userHeader: 'x-forwarded-user',
+          requiredHeaders: ['x-portcullis-jwt-assertion'],
+          ...(allowUsers ? { allowUsers } : {}),
+          allowLoopback: true,
+          deviceAutoApprove: { enabled: true },
+        },
+      },
+    },
+  };
+}
+
+/**
  * Starts the real OpenClaw gateway (`openclaw gateway run`, from tests/e2e/openclaw's pinned
  * package) on 127.0.0.1:port with `config` (openclaw.json); resolves once it admits traffic.
  * Needs Node 24: run under tests/e2e/openclaw/node_modules/.bin/node.

@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  COOKIE_SECRET, CLIENT_SECRET, freePort, idpLogin, launchBrowser, request, startIdp,
+  COOKIE_SECRET, CLIENT_SECRET, freePort, idpLogin, launchBrowser, openclawConfig, request, startIdp,
   startOpenClaw, startPortcullis, tmpdir,
 } from '../lib.mjs';
 
@@ -80,26 +80,9 @@ before(async () => {
   gateway = await startOpenClaw({
     dir,
     port: gwPort,
-    config: {
-      gateway: {
-        mode: 'local',
-        port: gwPort,
-        bind: 'loopback',
-        trustedProxies: ['127.0.0.1'],
-        controlUi: { allowedOrigins: [`https://${host}`] },
-        auth: {
-          mode: 'trusted-proxy',
-          trustedProxy: {
-            userHeader: 'x-forwarded-user',
-            requiredHeaders: ['x-portcullis-jwt-assertion'],
-            // The user header is the issuer-qualified subject (immutable), not an email.
-            allowUsers: [`${idp.issuer}#alice`],
-            allowLoopback: true,
-            deviceAutoApprove: { enabled: true },
-          },
-        },
-      },
-    },
+    // allowUsers holds only alice's issuer-qualified subject (immutable, not an email): a
+    // connect under any other identity fails at the gateway.
+    config: openclawConfig({ port: gwPort, origin: `https://${host}`, allowUsers: [`${idp.issuer}#alice`] }),
   });
   proxy = await startPortcullis({
     dir,
