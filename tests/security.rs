@@ -494,3 +494,35 @@ async fn client_address_headers_never_satisfy_source_ip() {
     .await;
     assert_eq!(get(p2.addr(), "app.test", "/", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn callback_parameters_are_bounded_before_any_work() {
+    let a = Echo::start("a").await;
+    // A real-looking sign-in set-up whose IdP nobody answers for: nothing here may wait on it.
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\n\
+         idp_provider_url: http://127.0.0.1:9\nidp_client_id: c\nidp_client_secret: s\nroutes:\n\
+         \x20 - from: http://app.test\n    to: {}\n    allow_any_authenticated_user: true\n",
+        a.url()
+    ))
+    .await;
+    let long = "a".repeat(5000);
+    for q in [
+        format!("code={long}&state=s"),
+        format!("code=c&state={long}"),
+        format!("code=c&state=s&x={}", "b".repeat(20_000)),
+    ] {
+        let started = Instant::now();
+        let r = get(
+            p.addr(),
+            "app.test",
+            &format!("/.portcullis/callback?{q}"),
+            &[("accept", "text/html")],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", &q[..20]);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!r.text().contains(&long[..100]), "the value is echoed back");
+    }
+    assert_eq!(a.hits(), 0);
+}
