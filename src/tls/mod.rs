@@ -3,7 +3,7 @@
 pub mod acme;
 pub mod files;
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -61,18 +61,6 @@ impl CertResolver {
             .iter()
             .filter(|h| !self.by_name.contains_key(*h))
             .collect()
-    }
-
-    pub fn resolve_name(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        name.map(normalize_sni)
-            .and_then(|n| self.covering(&n))
-            .unwrap_or_else(|| self.fallback())
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.resolve_name(hello.server_name()))
     }
 }
 
