@@ -182,7 +182,7 @@ impl UpstreamClient {
             return Ok(resp.map(|body| UpResponseBody { body, driver: None }));
         }
         let key = &up.pool_key;
-        let mut req = Some(req);
+        let mut req = req;
         // A pooled connection the upstream has closed meanwhile fails before anything is
         // sent: then the request goes on a new connection.
         while let Some(idle) = self.pool.take(key) {
@@ -190,21 +190,17 @@ impl UpstreamClient {
             if !ready(&mut sender, &mut conn).await {
                 continue;
             }
-            let Some(r) = req.take() else { break };
-            match exchange(sender, conn, r).await {
+            match exchange(sender, conn, req).await {
                 Ok(done) => return Ok(self.wrap(key, done)),
                 Err((Some(back), e)) if retryable => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
-                    req = Some(back);
+                    req = back;
                 }
                 Err((_, e)) => return Err(Failure::Sent(e)),
             }
         }
-        let Some(r) = req else {
-            return Err(Failure::Sent("no request".into()));
-        };
         let (sender, conn) = self.connect(up).await?;
-        match exchange(sender, conn, r).await {
+        match exchange(sender, conn, req).await {
             Ok(done) => Ok(self.wrap(key, done)),
             Err((_, e)) => Err(Failure::Sent(e)),
         }
@@ -487,9 +483,10 @@ impl HttpBody for UpBody {
     }
 }
 
-/// `tls_skip_verify`: accepts any certificate (signatures are still checked).
+/// `tls_skip_verify`: accepts any certificate (signatures are still checked). Public for the
+/// tests and load tools, which talk to Portcullis's self-signed certificates.
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(
