@@ -25,6 +25,8 @@ pub struct Runtime {
     /// With `autocert`: the hosts ACME orders certificates for, and the TLS client for the
     /// ACME server.
     pub acme: Option<(Vec<String>, Arc<rustls::ClientConfig>)>,
+    /// `Strict-Transport-Security` for every response, made once from `hsts_max_age`.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Runtime {
@@ -92,12 +94,16 @@ impl Runtime {
         if settings.idp.is_none() && routes.iter().any(|r| r.policy.wants_identity) {
             warnings.push("some routes need a signed-in user but no idp_provider_url is set: they answer 401 to everyone".into());
         }
+        let hsts = settings
+            .hsts_max_age
+            .and_then(|a| http::HeaderValue::try_from(format!("max-age={}", a.as_secs())).ok());
         Ok(Runtime {
             settings,
             routes,
             certs,
             warnings,
             auth,
+            hsts,
             files,
             acme,
         })

@@ -78,13 +78,11 @@ pub async fn handle(
     for c in cx.cookies.drain(..) {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    if let Some(age) = rt.settings.hsts_max_age {
+    if let Some(v) = &rt.hsts {
         // Browsers only honour it over https; an upstream's own policy is left as it is.
-        if let Ok(v) = header::HeaderValue::from_str(&format!("max-age={}", age.as_secs())) {
-            resp.headers_mut()
-                .entry(header::STRICT_TRANSPORT_SECURITY)
-                .or_insert(v);
-        }
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| v.clone());
     }
     shared.metrics.request(
         cx.route.as_deref(),
