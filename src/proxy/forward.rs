@@ -51,7 +51,9 @@ fn default_roots() -> Arc<RootCertStore> {
 }
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
-type Conn = http1::Connection<Io, UpBody>;
+/// Boxed once when connected: the pool, the request and the response body then move a
+/// pointer instead of the connection's state and buffers (~1.8 KB) on every request.
+type Conn = Box<http1::Connection<Io, UpBody>>;
 
 /// Keep-alive connections waiting for their next request, by upstream.
 #[derive(Default)]
@@ -156,10 +158,11 @@ impl UpstreamClient {
             .call(target)
             .await
             .map_err(|e| Failure::Connect(error_chain(&*e)))?;
-        http1::Builder::new()
+        let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| Failure::Connect(error_chain(&e)))
+            .map_err(|e| Failure::Connect(error_chain(&e)))?;
+        Ok((sender, Box::new(conn)))
     }
 
     /// One request on a pooled or new connection; the response's body drives the connection.
@@ -344,7 +347,9 @@ pub async fn send(
 ) -> Result<Response<UpResponseBody>, ProxyError> {
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
-        for up in route.upstream_order() {
+        let mut parts = Some(parts);
+        let mut order = route.upstream_order().peekable();
+        while let Some(up) = order.next() {
             let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
                 http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
                     path_and_query.as_bytes(),
@@ -353,7 +358,15 @@ pub async fn send(
                 format!("{}{}", up.base_path, path_and_query).parse()
             }
             .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            let mut req = Request::from_parts(parts.clone(), body.retry());
+            // The last candidate takes the parts; earlier ones get a copy for a fail-over.
+            let this = match (order.peek(), &parts) {
+                (Some(_), Some(p)) => p.clone(),
+                _ => match parts.take() {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let mut req = Request::from_parts(this, body.retry());
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
             if !route.preserve_host_header {
