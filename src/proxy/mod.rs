@@ -4,6 +4,7 @@ pub mod error;
 pub mod forward;
 pub mod handle;
 pub mod headers;
+pub mod relay;
 pub mod target;
 pub mod websocket;
 

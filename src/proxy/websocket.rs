@@ -166,9 +166,6 @@ async fn ended(e: &mut Ends) -> &'static str {
 /// Copies bytes both ways between the client's and the upstream's upgraded connections,
 /// until either side closes or (for a signed-in user) the session expires or signs out: then
 /// the upstream side is dropped and the client gets a close frame (1008) saying why.
-/// Bytes buffered per direction while relaying a WebSocket.
-const RELAY_BUF: usize = 2048;
-
 pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String, mut ends: Ends) {
     use tokio::io::AsyncWriteExt;
     let (c, u) = match tokio::try_join!(client, upstream) {
@@ -181,9 +178,8 @@ pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String, mut e
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
     let why = tokio::select! {
-        // Small relay buffers: they live as long as the socket, idle or not, and most
-        // WebSocket messages are small (8,000 idle sockets: bench/README.md).
-        r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, RELAY_BUF, RELAY_BUF) => {
+        // Buffers only while bytes move: an idle socket holds none (bench/README.md).
+        r = super::relay::relay(&mut c, &mut u) => {
             match r {
                 Ok((up, down)) => tracing::debug!(%route, up, down, "websocket closed"),
                 Err(e) => tracing::debug!(%route, error = %e, "websocket ended"),
