@@ -226,7 +226,8 @@ mod tests {
         drop(client);
         // Both ends gone: reading gives EOF, and the shutdown toward a closed peer is fine;
         // the relay ends rather than waiting forever.
-        let r = tokio::time::timeout(std::time::Duration::from_secs(5), relay(&mut a, &mut b)).await;
+        let r =
+            tokio::time::timeout(std::time::Duration::from_secs(5), relay(&mut a, &mut b)).await;
         assert!(r.is_ok(), "the relay did not end");
     }
 

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
+use super::workers::Workers;
 use super::DRAIN_DEADLINE;
 use crate::config::Settings;
 use crate::proxy::handle::{handle, ConnInfo, Shared};
@@ -168,11 +169,27 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // The socket moves to a worker's runtime (super::workers): it leaves this reactor
+        // and joins the worker's.
+        let tcp = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        Workers::global().spawn(async move {
             let _live = live;
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             connection(tcp, peer, acceptor, shared, limits, shutdown).await;
         });
     }

@@ -5,6 +5,7 @@ pub mod listener;
 pub mod redirect;
 pub mod reload_watch;
 pub mod signals;
+pub mod workers;
 
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
