@@ -276,3 +276,34 @@ async fn a_returning_client_resumes_its_tls_session() {
     assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
     assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed));
 }
+
+#[tokio::test]
+async fn aes_128_gcm_is_chosen_even_when_the_client_lists_aes_256_first() {
+    let a = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\nroutes:\n\
+         \x20 - from: https://one.test\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    ))
+    .await;
+    // Like OpenSSL's clients (wrk, curl): AES-256-GCM-SHA384 first.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let provider = Arc::new(provider);
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(portcullis::proxy::forward::NoVerify(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("one.test").unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let suite = s.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+}
