@@ -84,12 +84,13 @@ impl Signer {
         &self.jwks
     }
 
-    /// The assertion for this session on this route (cached; see the module docs).
+    /// The assertion for this session on this route (cached; see the module docs). The
+    /// issuer is only made when a new assertion is signed.
     pub fn assertion(
         &self,
         session: &[u8; 16],
         route: usize,
-        issuer: &str,
+        issuer: impl FnOnce() -> String,
         audience: &str,
         id: &Identity,
     ) -> Option<HeaderValue> {
@@ -103,8 +104,9 @@ impl Signer {
         }
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
+        let issuer = issuer();
         let claims = Claims {
-            iss: issuer,
+            iss: &issuer,
             aud: audience,
             sub: &id.sub,
             email: id.email.as_deref(),
@@ -142,19 +144,21 @@ mod tests {
             sub: "x".into(),
             ..Default::default()
         };
-        let a = s.assertion(&[1; 16], 0, "https://a", "b", &id).unwrap();
+        let a = s
+            .assertion(&[1; 16], 0, || "https://a".into(), "b", &id)
+            .unwrap();
         assert_eq!(
-            s.assertion(&[1; 16], 0, "https://a", "b", &id),
+            s.assertion(&[1; 16], 0, || "https://a".into(), "b", &id),
             Some(a.clone()),
             "re-signed within a minute"
         );
         assert_ne!(
-            s.assertion(&[2; 16], 0, "https://a", "b", &id),
+            s.assertion(&[2; 16], 0, || "https://a".into(), "b", &id),
             Some(a.clone()),
             "another session shares a token"
         );
         assert_ne!(
-            s.assertion(&[1; 16], 1, "https://a", "b", &id),
+            s.assertion(&[1; 16], 1, || "https://a".into(), "b", &id),
             Some(a),
             "another route shares a token"
         );

@@ -344,13 +344,14 @@ fn identity_headers(
     sid: &[u8; 16],
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    let issuer = endpoints::origin(https, target);
     let audience = route.upstreams[0].authority.host();
-    if let Some(v) = rt
-        .auth
-        .signer
-        .assertion(sid, route.index, &issuer, audience, id)
-    {
+    if let Some(v) = rt.auth.signer.assertion(
+        sid,
+        route.index,
+        || endpoints::origin(https, target),
+        audience,
+        id,
+    ) {
         out.push((HeaderName::from_static("x-portcullis-jwt-assertion"), v));
     }
     let mut push = |name: HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
