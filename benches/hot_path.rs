@@ -106,7 +106,7 @@ fn benches(c: &mut Criterion) {
     let (signer, _) = Signer::new(None).expect("signer");
     assert!(
         signer
-            .assertion(&[9; 16], 0, || "https://a".into(), "b", &id)
+            .assertion(&[9; 16], 0, (true, "a"), "b", &id)
             .is_some(),
         "signing fails"
     );
@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
             signer.assertion(
                 black_box(&[1; 16]),
                 0,
-                || "https://openclaw.example.com".into(),
+                (true, "openclaw.example.com"),
                 "openclaw-gateway",
                 black_box(&id),
             )
@@ -133,7 +133,7 @@ fn benches(c: &mut Criterion) {
             signer.assertion(
                 &sid,
                 0,
-                || "https://openclaw.example.com".into(),
+                (true, "openclaw.example.com"),
                 "openclaw-gateway",
                 &id,
             )

@@ -246,9 +246,8 @@ async fn a_certificate_file_replaced_on_disk_is_served_without_a_restart() {
     watcher.abort();
 }
 
-#[tokio::test]
-async fn a_returning_client_resumes_its_tls_session() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A public route on `one.test` to an echo upstream.
+async fn public_one_test() -> (Echo, Proxy) {
     let a = Echo::start("a").await;
     let p = Proxy::start(&format!(
         "address: 127.0.0.1:0\nroutes:\n\
@@ -256,6 +255,13 @@ async fn a_returning_client_resumes_its_tls_session() {
         a.url()
     ))
     .await;
+    (a, p)
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, p) = public_one_test().await;
     let cfg = tls_client_any(&[b"http/1.1"]);
     let mut kinds = Vec::new();
     for _ in 0..2 {
@@ -279,13 +285,7 @@ async fn a_returning_client_resumes_its_tls_session() {
 
 #[tokio::test]
 async fn aes_128_gcm_is_chosen_even_when_the_client_lists_aes_256_first() {
-    let a = Echo::start("a").await;
-    let p = Proxy::start(&format!(
-        "address: 127.0.0.1:0\nroutes:\n\
-         \x20 - from: https://one.test\n    to: {}\n    allow_public_unauthenticated_access: true\n",
-        a.url()
-    ))
-    .await;
+    let (_a, p) = public_one_test().await;
     // Like OpenSSL's clients (wrk, curl): AES-256-GCM-SHA384 first.
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider

@@ -1,7 +1,8 @@
 //! `X-Portcullis-Jwt-Assertion`: an ES256 JWT telling the upstream who the user is, signed
 //! with `signing_key` (or a key generated at start), verifiable with the JWKS Portcullis
 //! serves at `/.well-known/portcullis/jwks.json`. Tokens are cached per session and route and
-//! signed again only when a minute has passed.
+//! signed again when a minute has passed, or when the route is reached under another origin
+//! (its `iss`).
 
 use base64::Engine;
 use http::HeaderValue;
@@ -32,13 +33,15 @@ struct Claims<'a> {
 }
 
 type CacheKey = ([u8; 16], usize);
+/// (token, issued at, its `iss`).
+type Cached = (HeaderValue, u64, Box<str>);
 
 pub struct Signer {
     key: EncodingKey,
     kid: String,
     jwks: String,
-    /// (session id, route index) → (token, issued at).
-    cache: Mutex<HashMap<CacheKey, (HeaderValue, u64)>>,
+    /// (session id, route index) → (token, issued at, its `iss`).
+    cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -84,27 +87,31 @@ impl Signer {
         &self.jwks
     }
 
-    /// The assertion for this session on this route (cached; see the module docs). The
-    /// issuer is only made when a new assertion is signed.
+    /// The assertion for this session on this route (cached; see the module docs). `iss` is
+    /// the origin the request came to: `https` or not, and its authority (lower-cased).
     pub fn assertion(
         &self,
         session: &[u8; 16],
         route: usize,
-        issuer: impl FnOnce() -> String,
+        (https, authority): (bool, &str),
         audience: &str,
         id: &Identity,
     ) -> Option<HeaderValue> {
         let now = now();
+        let scheme = if https { "https://" } else { "http://" };
         if let Ok(c) = self.cache.lock() {
-            if let Some((v, iat)) = c.get(&(*session, route)) {
-                if now.saturating_sub(*iat) < REUSE {
+            if let Some((v, iat, iss)) = c.get(&(*session, route)) {
+                let same_origin = iss
+                    .strip_prefix(scheme)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(authority));
+                if now.saturating_sub(*iat) < REUSE && same_origin {
                     return Some(v.clone());
                 }
             }
         }
+        let issuer = format!("{scheme}{}", authority.to_ascii_lowercase());
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        let issuer = issuer();
         let claims = Claims {
             iss: &issuer,
             aud: audience,
@@ -118,7 +125,7 @@ impl Signer {
         let v = HeaderValue::from_str(&token).ok()?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_MAX {
-                c.retain(|_, (_, iat)| now.saturating_sub(*iat) < REUSE);
+                c.retain(|_, (_, iat, _)| now.saturating_sub(*iat) < REUSE);
                 if c.len() >= CACHE_MAX / 2 {
                     // Over capacity with fresh entries only: start over rather than paying a
                     // full scan on every insert (each entry just gets signed once more).
@@ -126,7 +133,7 @@ impl Signer {
                 }
             }
 
-            c.insert((*session, route), (v.clone(), now));
+            c.insert((*session, route), (v.clone(), now, issuer.into()));
         }
         Some(v)
     }
@@ -144,23 +151,42 @@ mod tests {
             sub: "x".into(),
             ..Default::default()
         };
-        let a = s
-            .assertion(&[1; 16], 0, || "https://a".into(), "b", &id)
-            .unwrap();
+        let a = s.assertion(&[1; 16], 0, (true, "a"), "b", &id).unwrap();
         assert_eq!(
-            s.assertion(&[1; 16], 0, || "https://a".into(), "b", &id),
+            s.assertion(&[1; 16], 0, (true, "a"), "b", &id),
             Some(a.clone()),
             "re-signed within a minute"
         );
         assert_ne!(
-            s.assertion(&[2; 16], 0, || "https://a".into(), "b", &id),
+            s.assertion(&[2; 16], 0, (true, "a"), "b", &id),
             Some(a.clone()),
             "another session shares a token"
         );
         assert_ne!(
-            s.assertion(&[1; 16], 1, || "https://a".into(), "b", &id),
-            Some(a),
+            s.assertion(&[1; 16], 1, (true, "a"), "b", &id),
+            Some(a.clone()),
             "another route shares a token"
+        );
+        // Reached under another origin: signed again, with that origin as `iss`.
+        let other = s.assertion(&[1; 16], 0, (true, "A:8443"), "b", &id);
+        assert_ne!(other, Some(a.clone()), "another origin shares a token");
+        let claims = |v: &HeaderValue| -> serde_json::Value {
+            let part = v
+                .to_str()
+                .unwrap_or("")
+                .split('.')
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap_or_default();
+            serde_json::from_slice(&raw).unwrap_or_default()
+        };
+        assert_eq!(claims(&a)["iss"], "https://a");
+        assert_eq!(
+            other.as_ref().map(|o| claims(o)["iss"].clone()),
+            Some("https://a:8443".into())
         );
         assert!(
             s.jwks().contains("\"kty\":\"EC\"") && !s.jwks().contains("\"d\""),

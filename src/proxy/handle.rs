@@ -345,13 +345,11 @@ fn identity_headers(
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     let audience = route.upstreams[0].authority.host();
-    if let Some(v) = rt.auth.signer.assertion(
-        sid,
-        route.index,
-        || endpoints::origin(https, target),
-        audience,
-        id,
-    ) {
+    if let Some(v) =
+        rt.auth
+            .signer
+            .assertion(sid, route.index, (https, &target.authority), audience, id)
+    {
         out.push((HeaderName::from_static("x-portcullis-jwt-assertion"), v));
     }
     let mut push = |name: HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
