@@ -347,7 +347,7 @@ pub async fn send(
 ) -> Result<Response<UpResponseBody>, ProxyError> {
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
-        let mut parts = Some(parts);
+        let mut parts = parts;
         let mut order = route.upstream_order().peekable();
         while let Some(up) = order.next() {
             let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
@@ -358,13 +358,12 @@ pub async fn send(
                 format!("{}{}", up.base_path, path_and_query).parse()
             }
             .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            // The last candidate takes the parts; earlier ones get a copy for a fail-over.
-            let this = match (order.peek(), &parts) {
-                (Some(_), Some(p)) => p.clone(),
-                _ => match parts.take() {
-                    Some(p) => p,
-                    None => break,
-                },
+            // The last candidate takes the parts (leaving empty ones behind); earlier ones get a
+            // copy for a fail-over.
+            let this = if order.peek().is_some() {
+                parts.clone()
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
             let mut req = Request::from_parts(this, body.retry());
             *req.uri_mut() = Uri::from(path);

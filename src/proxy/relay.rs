@@ -136,9 +136,10 @@ where
     }
 }
 
+#[cfg(test)]
 impl<A: ?Sized, B: ?Sized> Relay<'_, A, B> {
     /// Buffers this relay holds now (0 when no bytes are in flight).
-    pub fn buffers_held(&self) -> usize {
+    fn buffers_held(&self) -> usize {
         usize::from(self.a_to_b.buf.is_some()) + usize::from(self.b_to_a.buf.is_some())
     }
 }
