@@ -26,6 +26,7 @@ use tower_service::Service;
 use super::error::ProxyError;
 use crate::policy::eval::Permitted;
 use crate::route::{Route, Upstream};
+use crate::server::workers::PerWorker;
 
 /// TLS settings for a route's https upstreams.
 pub struct UpstreamTls {
@@ -55,10 +56,14 @@ type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 /// pointer instead of the connection's state and buffers (~1.8 KB) on every request.
 type Conn = Box<http1::Connection<Io, UpBody>>;
 
-/// Keep-alive connections waiting for their next request, by upstream.
+/// Keep-alive connections waiting for their next request, by upstream — one set per
+/// connection worker (`server::workers`). A connection is registered with the I/O driver of
+/// the worker that opened it; reused from another worker, each of its wake-ups would cross
+/// threads and wait until the first worker next polls its driver. So a worker reuses only
+/// the connections it opened.
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    idle: PerWorker<Mutex<HashMap<Arc<str>, Vec<Idle>>>>,
 }
 
 struct Idle {
@@ -69,12 +74,12 @@ struct Idle {
 
 /// An idle connection older than this is closed rather than reused.
 const IDLE_FOR: Duration = Duration::from_secs(60);
-/// Idle connections kept per upstream.
+/// Idle connections kept per upstream and worker.
 const IDLE_MAX: usize = 128;
 
 impl Pool {
     fn put(&self, key: Arc<str>, sender: http1::SendRequest<UpBody>, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle.get().lock() {
             let list = idle.entry(key).or_default();
             if list.len() < IDLE_MAX {
                 list.push(Idle {
@@ -87,7 +92,7 @@ impl Pool {
     }
 
     fn take(&self, key: &str) -> Option<Idle> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.idle.get().lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(i) = list.pop() {
             if i.since.elapsed() < IDLE_FOR {

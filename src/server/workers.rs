@@ -8,10 +8,55 @@
 //! ACME and the admin port stay on the main runtime. Connections are dealt round-robin; one
 //! never moves between workers.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use tokio::runtime::Handle;
+
+thread_local! {
+    /// Which worker this thread is, if it is one.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// How many workers the process runs (or would): one per available core.
+pub fn count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The worker running the calling thread, or `None` off the workers (the main runtime).
+///
+/// Per-worker state is indexed by it: an upstream connection is registered with the I/O
+/// driver of the worker that opened it, so it must be reused by that worker only — used
+/// from another, each of its wake-ups would cross threads and wait for the first worker
+/// to poll its driver.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
+
+/// One `T` per worker, plus one for threads off the workers: state a worker keeps to itself
+/// (pooled upstream connections, opened sessions) without sharing a lock or a cache line
+/// with the other workers.
+pub struct PerWorker<T> {
+    slots: Box<[T]>,
+}
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        PerWorker {
+            slots: (0..=count()).map(|_| T::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The calling thread's: its worker's, or the one shared off the workers.
+    pub fn get(&self) -> &T {
+        let i = current().map_or(0, |i| i + 1);
+        // `count()` is fixed for the process, so every worker has its slot.
+        &self.slots[i.min(self.slots.len() - 1)]
+    }
+}
 
 pub struct Workers {
     handles: Vec<Handle>,
@@ -22,10 +67,7 @@ impl Workers {
     /// The process's workers, started on first use: one per available core.
     pub fn global() -> &'static Workers {
         static WORKERS: OnceLock<Workers> = OnceLock::new();
-        WORKERS.get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(1, usize::from);
-            Workers::start(n)
-        })
+        WORKERS.get_or_init(|| Workers::start(count()))
     }
 
     fn start(n: usize) -> Workers {
@@ -44,7 +86,10 @@ impl Workers {
             let handle = rt.handle().clone();
             let started = std::thread::Builder::new()
                 .name(format!("portcullis-worker-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()));
+                .spawn(move || {
+                    CURRENT.with(|c| c.set(Some(i)));
+                    rt.block_on(std::future::pending::<()>())
+                });
             match started {
                 Ok(_) => handles.push(handle),
                 Err(e) => {
@@ -86,14 +131,17 @@ mod tests {
             let tx = tx.clone();
             w.spawn(async move {
                 let flavor = Handle::current().runtime_flavor();
-                let _ = tx.send((std::thread::current().name().map(str::to_owned), flavor));
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((name, flavor, current()));
             });
         }
         let mut names = Vec::new();
         for _ in 0..4 {
-            let (name, flavor) = rx.recv().await.expect("a worker ran the task");
+            let (name, flavor, index) = rx.recv().await.expect("a worker ran the task");
             assert_eq!(flavor, tokio::runtime::RuntimeFlavor::CurrentThread);
-            names.push(name.unwrap_or_default());
+            let name = name.unwrap_or_default();
+            assert_eq!(Some(name.as_str()), index.map(|i| format!("portcullis-worker-{i}")).as_deref());
+            names.push(name);
         }
         names.sort();
         assert_eq!(
@@ -105,5 +153,28 @@ mod tests {
                 "portcullis-worker-1"
             ]
         );
+        assert_eq!(current(), None, "the test's own thread is not a worker");
+    }
+
+    #[tokio::test]
+    async fn each_worker_gets_its_own_slot() {
+        let w = Workers::start(2);
+        let slots: std::sync::Arc<PerWorker<std::sync::atomic::AtomicUsize>> = Default::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let (tx, slots) = (tx.clone(), slots.clone());
+            w.spawn(async move {
+                let n = slots.get().fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send((current(), n));
+            });
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(rx.recv().await.expect("a worker ran the task"));
+        }
+        seen.sort();
+        // Each worker counted its own two tasks; the test's thread has a slot of its own.
+        assert_eq!(seen, [(Some(0), 0), (Some(0), 1), (Some(1), 0), (Some(1), 1)]);
+        assert_eq!(slots.get().load(Ordering::Relaxed), 0);
     }
 }
