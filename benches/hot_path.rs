@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
     let key = CookieKey::new(&[7u8; 32]).expect("key");
     let session = Session {
         id: [1; 16],
-        identity: id.clone(),
+        identity: id.clone().into(),
         expires: now() + 3600,
         id_token_exp: now() + 3600,
         refresh_token: Some("x".repeat(43)),

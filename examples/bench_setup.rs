@@ -31,7 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             email_verified: Some(true),
             groups: vec!["staff".into(), "openclaw-admins".into()],
             claims: Default::default(),
-        },
+        }
+        .into(),
         expires: now() + 24 * 3600,
         id_token_exp: now() + 24 * 3600,
         refresh_token: None,

@@ -612,9 +612,29 @@ async fn behind_a_tls_terminator_the_routes_https_scheme_is_what_the_browser_see
 async fn upstream_connections_are_reused_and_a_body_less_response_frees_its_connection() {
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
-    let first = get(p.addr(), "app.test", "/one", &[]).await.seen().peer;
+    // One client connection is served by one worker, which reuses its upstream connection.
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut on_one = |path: &str, head: bool| {
+        let b = if head {
+            Request::head(path)
+        } else {
+            Request::get(path)
+        };
+        let req = b
+            .header("host", "app.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let sent = client.send_request(req);
+        async move { Reply::read(sent.await.unwrap()).await }
+    };
+    let first = on_one("/one", false).await.seen().peer;
     for i in 0..5 {
-        let r = get(p.addr(), "app.test", &format!("/n{i}"), &[]).await;
+        let r = on_one(&format!("/n{i}"), false).await;
         assert_eq!(
             r.seen().peer,
             first,
@@ -622,18 +642,24 @@ async fn upstream_connections_are_reused_and_a_body_less_response_frees_its_conn
         );
     }
     // HEAD has no body to read: its connection goes back to the pool at once.
-    let head = send(
-        p.addr(),
-        Request::head("/h")
-            .header("host", "app.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(head.status, 200);
-    assert_eq!(
-        get(p.addr(), "app.test", "/after", &[]).await.seen().peer,
-        first
+    assert_eq!(on_one("/h", true).await.status, 200);
+    assert_eq!(on_one("/after", false).await.seen().peer, first);
+    // New client connections are dealt to the workers; each worker keeps its own upstream
+    // connections, so sequential requests open at most one per worker.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut peers = std::collections::BTreeSet::new();
+    for i in 0..(2 * workers + 2) {
+        peers.insert(
+            get(p.addr(), "app.test", &format!("/c{i}"), &[])
+                .await
+                .seen()
+                .peer,
+        );
+    }
+    assert!(
+        peers.len() <= workers,
+        "{} upstream connections for {workers} workers",
+        peers.len()
     );
 }
 

@@ -28,7 +28,8 @@ fn cookie_for(host: &str, expires: u64) -> String {
             email_verified: Some(true),
             groups: vec!["staff".into()],
             claims: Default::default(),
-        },
+        }
+        .into(),
         expires,
         id_token_exp: expires,
         refresh_token: None,

@@ -1,8 +1,8 @@
 //! `X-Portcullis-Jwt-Assertion`: an ES256 JWT telling the upstream who the user is, signed
 //! with `signing_key` (or a key generated at start), verifiable with the JWKS Portcullis
 //! serves at `/.well-known/portcullis/jwks.json`. Tokens are cached per session and route and
-//! signed again when a minute has passed, or when the route is reached under another origin
-//! (its `iss`).
+//! signed again when a minute has passed, when the route is reached under another origin
+//! (its `iss`), or when a reload gave the route's place another upstream (its `aud`).
 
 use base64::Engine;
 use http::HeaderValue;
@@ -33,14 +33,22 @@ struct Claims<'a> {
 }
 
 type CacheKey = ([u8; 16], usize);
-/// (token, issued at, its `iss`).
-type Cached = (HeaderValue, u64, Box<str>);
+
+/// A signed token and what it was signed for, checked before it is reused: route indexes
+/// change when a reload reorders routes (the signer outlives a reload), so the audience is
+/// compared as well as the origin.
+struct Cached {
+    token: HeaderValue,
+    iat: u64,
+    iss: Box<str>,
+    aud: Box<str>,
+}
 
 pub struct Signer {
     key: EncodingKey,
     kid: String,
     jwks: String,
-    /// (session id, route index) → (token, issued at, its `iss`).
+    /// (session id, route index) → the token last signed for them.
     cache: Mutex<HashMap<CacheKey, Cached>>,
 }
 
@@ -100,12 +108,13 @@ impl Signer {
         let now = now();
         let scheme = if https { "https://" } else { "http://" };
         if let Ok(c) = self.cache.lock() {
-            if let Some((v, iat, iss)) = c.get(&(*session, route)) {
-                let same_origin = iss
+            if let Some(t) = c.get(&(*session, route)) {
+                let same_origin = t
+                    .iss
                     .strip_prefix(scheme)
                     .is_some_and(|a| a.eq_ignore_ascii_case(authority));
-                if now.saturating_sub(*iat) < REUSE && same_origin {
-                    return Some(v.clone());
+                if now.saturating_sub(t.iat) < REUSE && same_origin && *t.aud == *audience {
+                    return Some(t.token.clone());
                 }
             }
         }
@@ -125,7 +134,7 @@ impl Signer {
         let v = HeaderValue::from_str(&token).ok()?;
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_MAX {
-                c.retain(|_, (_, iat, _)| now.saturating_sub(*iat) < REUSE);
+                c.retain(|_, t| now.saturating_sub(t.iat) < REUSE);
                 if c.len() >= CACHE_MAX / 2 {
                     // Over capacity with fresh entries only: start over rather than paying a
                     // full scan on every insert (each entry just gets signed once more).
@@ -133,7 +142,13 @@ impl Signer {
                 }
             }
 
-            c.insert((*session, route), (v.clone(), now, issuer.into()));
+            let t = Cached {
+                token: v.clone(),
+                iat: now,
+                iss: issuer.into(),
+                aud: audience.into(),
+            };
+            c.insert((*session, route), t);
         }
         Some(v)
     }
@@ -151,6 +166,19 @@ mod tests {
             sub: "x".into(),
             ..Default::default()
         };
+        let claims = |v: &HeaderValue| -> serde_json::Value {
+            let part = v
+                .to_str()
+                .unwrap_or("")
+                .split('.')
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap_or_default();
+            serde_json::from_slice(&raw).unwrap_or_default()
+        };
         let a = s.assertion(&[1; 16], 0, (true, "a"), "b", &id).unwrap();
         assert_eq!(
             s.assertion(&[1; 16], 0, (true, "a"), "b", &id),
@@ -167,22 +195,17 @@ mod tests {
             Some(a.clone()),
             "another route shares a token"
         );
+        // A reload that reorders routes gives this index another upstream: signed again.
+        let moved = s.assertion(&[1; 16], 0, (true, "a"), "c", &id);
+        assert_ne!(moved, Some(a.clone()), "another audience shares a token");
+        assert_eq!(
+            moved.as_ref().map(|m| claims(m)["aud"].clone()),
+            Some("c".into())
+        );
+        let a = s.assertion(&[1; 16], 0, (true, "a"), "b", &id).unwrap();
         // Reached under another origin: signed again, with that origin as `iss`.
         let other = s.assertion(&[1; 16], 0, (true, "A:8443"), "b", &id);
         assert_ne!(other, Some(a.clone()), "another origin shares a token");
-        let claims = |v: &HeaderValue| -> serde_json::Value {
-            let part = v
-                .to_str()
-                .unwrap_or("")
-                .split('.')
-                .nth(1)
-                .unwrap_or("")
-                .to_string();
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(part)
-                .unwrap_or_default();
-            serde_json::from_slice(&raw).unwrap_or_default()
-        };
         assert_eq!(claims(&a)["iss"], "https://a");
         assert_eq!(
             other.as_ref().map(|o| claims(o)["iss"].clone()),

@@ -5,7 +5,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::session::{now, LoginState, Session};
+use super::session::{now, LoginState};
 use super::SetCookies;
 use crate::proxy::error::{html_escape, page, ProxyError};
 use crate::proxy::handle::Shared;
@@ -234,7 +234,7 @@ fn sign_out(
     req: &Request<Incoming>,
     cookies: &mut SetCookies,
 ) -> Result<Response<Body>, ProxyError> {
-    let session: Option<Session> = rt.auth.open(&*shared.store, &target.host, req.headers());
+    let session = rt.auth.open(&*shared.store, &target.host, req.headers());
     cookies.extend(rt.auth.jar.clear_all());
     let post_logout = format!("{}{SIGNED_OUT}", origin(https, target));
     let Some(s) = session else {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::server::workers::PerWorker;
 use assertion::Signer;
 use oidc::Oidc;
 use revoked::RevocationStore;
@@ -23,6 +24,8 @@ use session::{now, CookieJar, CookieKey, Session};
 /// settings did not change.
 pub struct Auth {
     pub key: Option<CookieKey>,
+    /// Sessions this config opened recently (see [`Auth::open`]).
+    opened: PerWorker<Mutex<HashMap<Box<str>, Opened>>>,
     pub jar: CookieJar,
     pub oidc: Option<Arc<Oidc>>,
     pub signer: Arc<Signer>,
@@ -63,6 +66,7 @@ impl Auth {
         Ok((
             Auth {
                 key,
+                opened: PerWorker::default(),
                 jar: CookieJar {
                     name: settings.cookie.name.clone(),
                     domain: settings.cookie.domain.clone(),
@@ -78,15 +82,43 @@ impl Auth {
 
     /// The session in the request's cookies: `None` for no cookie, a cookie that does not
     /// open (tampered, truncated, other key or host), an expired or a revoked session.
+    ///
+    /// A browser sends the same cookie on every request, so each worker keeps the sessions it
+    /// opened by the cookie's exact text (and the host scope it was opened for): the AEAD
+    /// makes identical text the identical session, and a cookie that does not open is never
+    /// kept. Expiry and revocation are still checked on every request. The cache belongs to
+    /// this config, so a new `cookie_secret` starts empty.
     pub fn open(
         &self,
         store: &dyn RevocationStore,
         host: &str,
         headers: &HeaderMap,
-    ) -> Option<Session> {
+    ) -> Option<Arc<Session>> {
         let key = self.key.as_ref()?;
         let text = self.jar.read_session(headers)?;
-        let s: Session = key.open("session", self.jar.scope(host), &text)?;
+        let scope = self.jar.scope(host);
+        let cached = self.opened.get().lock().ok().and_then(|m| {
+            m.get(text.as_ref())
+                .filter(|o| *o.scope == *scope)
+                .map(|o| o.session.clone())
+        });
+        let s = match cached {
+            Some(s) => s,
+            None => {
+                let s: Arc<Session> = Arc::new(key.open("session", scope, &text)?);
+                if let Ok(mut m) = self.opened.get().lock() {
+                    if m.len() >= OPENED_MAX {
+                        m.clear();
+                    }
+                    let o = Opened {
+                        scope: scope.into(),
+                        session: s.clone(),
+                    };
+                    m.insert(text.into_owned().into_boxed_str(), o);
+                }
+                s
+            }
+        };
         if s.expires <= now() || store.is_revoked(&s.id) {
             return None;
         }
@@ -96,6 +128,16 @@ impl Auth {
     pub fn seal(&self, host: &str, s: &Session) -> Option<String> {
         self.key.as_ref()?.seal("session", self.jar.scope(host), s)
     }
+}
+
+/// Opened sessions kept per worker; past this many the worker starts over (each is then
+/// opened once more). A session with its tokens is 1–3 KB.
+const OPENED_MAX: usize = 256;
+
+/// A session opened from a cookie's text, for the host scope it was sealed for.
+struct Opened {
+    scope: Box<str>,
+    session: Arc<Session>,
 }
 
 /// Refreshes in progress or just done, by session id: concurrent requests of one session
@@ -162,6 +204,7 @@ mod tests {
 
     fn auth() -> Auth {
         Auth {
+            opened: PerWorker::default(),
             key: Some(CookieKey::new(&[3; 32]).unwrap()),
             jar: CookieJar {
                 name: "_p".into(),
@@ -190,7 +233,8 @@ mod tests {
             identity: Identity {
                 sub: "u".into(),
                 ..Default::default()
-            },
+            }
+            .into(),
             expires,
             id_token_exp: expires,
             refresh_token: None,
@@ -213,5 +257,56 @@ mod tests {
         );
         let expired = headers_for(&a, &session(now() - 1));
         assert!(a.open(&Revoked(None), "h", &expired).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_kept_session_is_still_checked_for_expiry_and_revocation() {
+        let a = auth();
+        let h = headers_for(&a, &session(now() + 1));
+        let first = a.open(&Revoked(None), "h", &h).expect("opens");
+        let again = a.open(&Revoked(None), "h", &h).expect("opens again");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second request reuses the opened session"
+        );
+        assert!(
+            a.open(&Revoked(Some([5; 16])), "h", &h).is_none(),
+            "revoked after it was kept"
+        );
+        assert!(
+            a.open(&Revoked(None), "other", &h).is_none(),
+            "kept for another host scope"
+        );
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(
+            a.open(&Revoked(None), "h", &h).is_none(),
+            "expired after it was kept"
+        );
+    }
+
+    #[test]
+    fn kept_sessions_are_bounded_and_tampered_cookies_are_never_kept() {
+        let a = auth();
+        let kept = |a: &Auth| a.opened.get().lock().map(|m| m.len()).unwrap_or(0);
+        let mut s = session(now() + 60);
+        for i in 0..(OPENED_MAX + 10) {
+            s.id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            assert!(a.open(&Revoked(None), "h", &headers_for(&a, &s)).is_some());
+            assert!(kept(&a) <= OPENED_MAX);
+        }
+        let before = kept(&a);
+        let mut h = headers_for(&a, &s);
+        let v = h
+            .get(http::header::COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let mid = v.len() - 20;
+        let c = if &v[mid..=mid] == "A" { "B" } else { "A" };
+        let flipped = format!("{}{c}{}", &v[..mid], &v[mid + 1..]);
+        h.insert(http::header::COOKIE, flipped.parse().unwrap());
+        assert!(a.open(&Revoked(None), "h", &h).is_none(), "tampered");
+        assert_eq!(kept(&a), before, "a cookie that does not open is not kept");
     }
 }

@@ -372,7 +372,7 @@ impl Oidc {
         aws_lc_rs::rand::fill(&mut id).map_err(|_| OidcError::Rejected("no randomness".into()))?;
         Ok(Session {
             id,
-            identity,
+            identity: Arc::new(identity),
             expires: 0,
             id_token_exp,
             refresh_token: refresh,

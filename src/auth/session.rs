@@ -7,6 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::policy::Identity;
@@ -29,7 +31,7 @@ pub fn now() -> u64 {
 pub struct Session {
     /// Random id: sign-out revokes it server-side.
     pub id: [u8; 16],
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     /// Unix seconds: the session ends then (`cookie_expire` after sign-in).
     pub expires: u64,
     /// Unix seconds: the ID token's `exp`; past it, the refresh token is used.
@@ -191,7 +193,7 @@ impl CookieJar {
     }
 
     /// The session cookie's sealed text, reassembled from its chunks.
-    pub fn read_session(&self, headers: &HeaderMap) -> Option<String> {
+    pub fn read_session<'h>(&self, headers: &'h HeaderMap) -> Option<Cow<'h, str>> {
         let first = cookie(headers, &self.name)?;
         let rest = first.strip_prefix(VERSION)?.strip_prefix('.')?;
         let (n, head) = rest.split_once('.')?;
@@ -200,14 +202,14 @@ impl CookieJar {
             return None;
         }
         if n == 1 {
-            return Some(head.to_string());
+            return Some(Cow::Borrowed(head));
         }
         let mut all = String::with_capacity(n * CHUNK);
         all.push_str(head);
         for i in 1..n {
             all.push_str(cookie(headers, &format!("{}_{i}", self.name))?);
         }
-        Some(all)
+        Some(Cow::Owned(all))
     }
 
     pub fn set_login(&self, sealed: &str) -> Option<HeaderValue> {
@@ -272,7 +274,8 @@ mod tests {
                 email_verified: Some(true),
                 groups: vec!["g".repeat(extra)],
                 claims: Default::default(),
-            },
+            }
+            .into(),
             expires,
             id_token_exp: expires,
             refresh_token: Some("r".into()),

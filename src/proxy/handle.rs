@@ -188,7 +188,7 @@ async fn inner(
     };
 
     let (sid, session_expires, identity) = match session {
-        Some(s) => (Some(s.id), Some(s.expires), Some(Arc::new(s.identity))),
+        Some(s) => (Some(s.id), Some(s.expires), Some(s.identity.clone())),
         None => (None, None, None),
     };
     cx.user = identity
@@ -314,7 +314,7 @@ async fn session(
     target: &Target,
     req: &Request<Incoming>,
     cookies: &mut SetCookies,
-) -> Option<Session> {
+) -> Option<Arc<Session>> {
     let s = rt.auth.open(&*shared.store, &target.host, req.headers())?;
     if s.id_token_exp > now() || s.refresh_token.is_none() {
         return Some(s);
@@ -325,7 +325,7 @@ async fn session(
             if let Some(sealed) = rt.auth.seal(&target.host, &fresh) {
                 cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
             }
-            Some(fresh)
+            Some(Arc::new(fresh))
         }
         None => {
             cookies.extend(rt.auth.jar.clear_all());

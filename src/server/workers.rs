@@ -140,7 +140,10 @@ mod tests {
             let (name, flavor, index) = rx.recv().await.expect("a worker ran the task");
             assert_eq!(flavor, tokio::runtime::RuntimeFlavor::CurrentThread);
             let name = name.unwrap_or_default();
-            assert_eq!(Some(name.as_str()), index.map(|i| format!("portcullis-worker-{i}")).as_deref());
+            assert_eq!(
+                Some(name.as_str()),
+                index.map(|i| format!("portcullis-worker-{i}")).as_deref()
+            );
             names.push(name);
         }
         names.sort();
@@ -174,7 +177,10 @@ mod tests {
         }
         seen.sort();
         // Each worker counted its own two tasks; the test's thread has a slot of its own.
-        assert_eq!(seen, [(Some(0), 0), (Some(0), 1), (Some(1), 0), (Some(1), 1)]);
+        assert_eq!(
+            seen,
+            [(Some(0), 0), (Some(0), 1), (Some(1), 0), (Some(1), 1)]
+        );
         assert_eq!(slots.get().load(Ordering::Relaxed), 0);
     }
 }
