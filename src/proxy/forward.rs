@@ -249,9 +249,14 @@ async fn ready(sender: &mut http1::SendRequest<UpBody>, conn: &mut Conn) -> bool
         }
         sender.poll_ready(cx).map(|r| r.is_ok())
     });
-    tokio::time::timeout(Duration::from_secs(1), check)
-        .await
-        .unwrap_or(false)
+    let mut check = std::pin::pin!(check);
+    // Usually ready at the first poll: no timer for that.
+    match std::future::poll_fn(|cx| Poll::Ready(check.as_mut().poll(cx))).await {
+        Poll::Ready(ok) => ok,
+        Poll::Pending => tokio::time::timeout(Duration::from_secs(1), check)
+            .await
+            .unwrap_or(false),
+    }
 }
 
 /// Sends the request and drives the connection until the response headers arrive. On a

@@ -29,6 +29,21 @@ pub struct ConnInfo {
     /// The TLS SNI name, lower-case; `None` on plain HTTP or when the client sent none.
     pub sni: Option<String>,
     pub https: bool,
+    /// The peer's address as an `X-Forwarded-For` value, made once for all its requests.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, sni: Option<String>, https: bool) -> ConnInfo {
+        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            sni,
+            https,
+            forwarded_for,
+        }
+    }
 }
 
 /// State shared by every connection and kept across reloads.
@@ -248,9 +263,9 @@ async fn inner(
         _ => Vec::new(),
     };
     parts.headers = headers::request_headers(
-        &parts.headers,
+        std::mem::take(&mut parts.headers),
         &Forwarding {
-            peer_ip: conn.peer.ip(),
+            forwarded_for: &conn.forwarded_for,
             https: route.from.https,
             authority: &target.authority,
             host_header,
@@ -334,6 +349,10 @@ async fn session(
     }
 }
 
+const ASSERTION: HeaderName = HeaderName::from_static("x-portcullis-jwt-assertion");
+const CLAIM_EMAIL: HeaderName = HeaderName::from_static("x-portcullis-claim-email");
+const CLAIM_GROUPS: HeaderName = HeaderName::from_static("x-portcullis-claim-groups");
+
 /// The identity headers for the upstream: the assertion JWT, and the claims headers.
 fn identity_headers(
     rt: &Runtime,
@@ -350,7 +369,7 @@ fn identity_headers(
             .signer
             .assertion(sid, route.index, (https, &target.authority), audience, id)
     {
-        out.push((HeaderName::from_static("x-portcullis-jwt-assertion"), v));
+        out.push((ASSERTION, v));
     }
     let mut push = |name: HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
         Ok(v) => out.push((name, v)),
@@ -358,12 +377,9 @@ fn identity_headers(
     };
     if route.pass_identity_headers {
         if let Some(e) = &id.email {
-            push(HeaderName::from_static("x-portcullis-claim-email"), e);
+            push(CLAIM_EMAIL, e);
         }
-        push(
-            HeaderName::from_static("x-portcullis-claim-groups"),
-            &id.groups.join(","),
-        );
+        push(CLAIM_GROUPS, &id.groups.join(","));
     }
     for (name, claim) in &route.jwt_claims_headers {
         if let Some(v) = claim_value(id, claim) {

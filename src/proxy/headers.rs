@@ -3,7 +3,6 @@
 //! adds its own.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 /// Header names as upstream frameworks fold them: lower-case, `_` and `.` read as `-`.
 /// Returns `None` when the name needs no folding (the common case, no allocation).
@@ -77,21 +76,24 @@ pub fn is_spoofable(name: &str, extra: &[HeaderName]) -> bool {
         || extra.iter().any(|h| folded(h.as_str()) == f)
 }
 
-/// Names listed in `Connection`, which are hop-by-hop for this message.
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+/// Is `name` listed in this message's `Connection` header (which makes it hop-by-hop)?
+fn connection_lists(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+        .any(|t| t.trim().eq_ignore_ascii_case(name))
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Context for the forwarded request.
 pub struct Forwarding<'a> {
-    pub peer_ip: IpAddr,
+    /// The client's address as an `X-Forwarded-For` value (made once per connection).
+    pub forwarded_for: &'a HeaderValue,
     pub https: bool,
     /// The Host the client sent.
     pub authority: &'a str,
@@ -107,51 +109,81 @@ pub struct Forwarding<'a> {
     pub identity: &'a [(HeaderName, HeaderValue)],
 }
 
-/// Builds the upstream request headers from the client's.
-pub fn request_headers(src: &HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
-    let listed = connection_listed(src);
-    let mut out = HeaderMap::with_capacity(src.len() + 6);
-    for (name, value) in src {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || n == "host"
-            || n == "content-length"
-            || listed.iter().any(|l| l == n)
-            || is_spoofable(n, fw.owned)
-            || fw.remove.contains(name)
-        {
-            continue;
-        }
-        if name == header::COOKIE {
-            if let Some(v) = strip_cookie(value, fw.cookie_name) {
-                out.append(header::COOKIE, v);
-            }
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+/// A client header the upstream never gets: hop-by-hop, listed in `Connection`,
+/// `Content-Length` (the body's own framing is sent), forgeable context or identity, or
+/// one the route removes. (`Host` is replaced, not removed.)
+fn dropped(name: &HeaderName, h: &HeaderMap, fw: &Forwarding<'_>) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n)
+        || n == "content-length"
+        || connection_lists(h, n)
+        || is_spoofable(n, fw.owned)
+        || fw.remove.contains(name)
+}
+
+/// The upstream request headers, made from the client's in place: what must not pass is
+/// removed (usually nothing but the session cookie), then the forwarding context, the
+/// route's headers and the identity headers are set.
+pub fn request_headers(mut h: HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
+    let drop: Vec<HeaderName> = h.keys().filter(|n| dropped(n, &h, fw)).cloned().collect();
+    for n in &drop {
+        h.remove(n);
     }
-    if let Ok(v) = HeaderValue::from_str(&fw.peer_ip.to_string()) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+    if h.get_all(header::COOKIE)
+        .iter()
+        .any(|v| has_session_cookie(v, fw.cookie_name))
+    {
+        let kept: Vec<HeaderValue> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| strip_cookie(v, fw.cookie_name))
+            .collect();
+        h.remove(header::COOKIE);
+        for v in kept {
+            h.append(header::COOKIE, v);
+        }
     }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+    // X-Forwarded-Host is the Host the client sent: the same bytes, shared rather than copied.
+    let forwarded_host = match h.get(header::HOST) {
+        Some(v) if v.as_bytes() == fw.authority.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(fw.authority).ok(),
+    };
+    if let Some(v) = forwarded_host {
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    h.insert(X_FORWARDED_FOR, fw.forwarded_for.clone());
+    h.insert(
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if fw.https { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(fw.authority) {
-        out.insert(HeaderName::from_static("x-forwarded-host"), v);
-    }
-    out.insert(header::HOST, fw.host_header.clone());
+    h.insert(header::HOST, fw.host_header.clone());
     for (k, v) in fw.set {
-        out.insert(k.clone(), v.clone());
+        h.insert(k.clone(), v.clone());
     }
     for (k, v) in fw.identity {
-        out.insert(k.clone(), v.clone());
+        h.insert(k.clone(), v.clone());
     }
     if fw.websocket {
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    out
+    h
+}
+
+/// Is `name` one of the session's cookie names (`NAME`, its chunks `NAME_1`..., `NAME_csrf`)?
+fn is_session_cookie(cookie: &str, name: &str) -> bool {
+    let n = cookie.split('=').next().unwrap_or("").trim();
+    n == name
+        || n.strip_prefix(name)
+            .and_then(|r| r.strip_prefix('_'))
+            .is_some_and(|r| !r.is_empty())
+}
+
+/// Does this Cookie header carry one of the session's cookies? (Not UTF-8: left as it is.)
+fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(';').any(|c| is_session_cookie(c, name)))
 }
 
 /// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookie `NAME_csrf`)
@@ -160,13 +192,7 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
     let Ok(s) = value.to_str() else {
         return Some(value.clone());
     };
-    let ours = |cookie: &str| {
-        let n = cookie.split('=').next().unwrap_or("").trim();
-        n == name
-            || n.strip_prefix(name)
-                .and_then(|r| r.strip_prefix('_'))
-                .is_some_and(|r| !r.is_empty())
-    };
+    let ours = |cookie: &str| is_session_cookie(cookie, name);
     if !s.split(';').any(ours) {
         return Some(value.clone());
     }
@@ -184,12 +210,11 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
 
 /// Response headers from the upstream, without hop-by-hop ones (kept for a 101).
 pub fn response_headers(src: &mut HeaderMap, upgrade: bool) {
-    let listed = connection_listed(src);
     let remove: Vec<HeaderName> = src
         .keys()
         .filter(|n| {
             let s = n.as_str();
-            let hop = HOP_BY_HOP.contains(&s) || listed.iter().any(|l| l == s);
+            let hop = HOP_BY_HOP.contains(&s) || connection_lists(src, s);
             hop && !(upgrade && (s == "upgrade" || s == "connection"))
         })
         .cloned()
@@ -218,9 +243,11 @@ pub fn is_websocket_upgrade(method: &http::Method, headers: &HeaderMap) -> bool 
 mod tests {
     use super::*;
 
+    static PEER: HeaderValue = HeaderValue::from_static("203.0.113.9");
+
     fn fw<'a>(owned: &'a [HeaderName]) -> Forwarding<'a> {
         Forwarding {
-            peer_ip: "203.0.113.9".parse().unwrap(),
+            forwarded_for: &PEER,
             https: true,
             authority: "app.example.com",
             host_header: HeaderValue::from_static("upstream:8080"),
@@ -263,7 +290,7 @@ mod tests {
         }
         h.insert("accept", HeaderValue::from_static("text/html"));
         let owned = [HeaderName::from_static("x-team")];
-        let out = request_headers(&h, &fw(&owned));
+        let out = request_headers(h.clone(), &fw(&owned));
         for (n, v) in &out {
             assert_ne!(v, "evil", "{n} passed through");
         }
@@ -272,6 +299,23 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "app.example.com");
         assert_eq!(out["host"], "upstream:8080");
         assert_eq!(out["accept"], "text/html");
+        // The client's Host becomes X-Forwarded-Host; Host is the upstream's.
+        h.insert("host", HeaderValue::from_static("app.example.com"));
+        let out = request_headers(h.clone(), &fw(&owned));
+        assert_eq!(
+            out.get_all("host").iter().collect::<Vec<_>>(),
+            ["upstream:8080"]
+        );
+        assert_eq!(
+            out.get_all("x-forwarded-host").iter().collect::<Vec<_>>(),
+            ["app.example.com"]
+        );
+        h.insert("host", HeaderValue::from_static("other.example.com"));
+        let out = request_headers(h, &fw(&owned));
+        assert_eq!(
+            out["x-forwarded-host"], "app.example.com",
+            "the checked authority, not a raw Host"
+        );
     }
 
     #[test]
@@ -287,7 +331,7 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        let out = request_headers(&h, &fw(&[]));
+        let out = request_headers(h.clone(), &fw(&[]));
         for n in [
             "connection",
             "x-secret",
@@ -310,11 +354,11 @@ mod tests {
                 "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullisx=keep",
             ),
         );
-        let out = request_headers(&h, &fw(&[]));
+        let out = request_headers(h.clone(), &fw(&[]));
         assert_eq!(out["cookie"], "a=1; _portcullisx=keep");
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("_portcullis=s"));
-        assert!(!request_headers(&h, &fw(&[])).contains_key("cookie"));
+        assert!(!request_headers(h.clone(), &fw(&[])).contains_key("cookie"));
     }
 
     #[test]

@@ -62,6 +62,29 @@ fn unreserved(b: u8) -> bool {
 
 /// Normalizes a raw (still percent-encoded) path; see the module docs.
 pub fn normalize_path(raw: &str) -> Result<String, TargetError> {
+    if is_plain(raw) {
+        return Ok(raw.to_string());
+    }
+    normalize_path_fully(raw)
+}
+
+/// A path that is already normal, as most are: it starts with `/`, has no escapes, no
+/// `\`, `#` or control characters, no empty segment but a trailing one, and no segment
+/// starting with `.` (so no dot-segment, with or without parameters). Normalizing it gives it
+/// back unchanged (the `path` fuzz target checks this against [`normalize_path_fully`]).
+fn is_plain(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.first() == Some(&b'/')
+        && b.iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && !matches!(c, b'%' | b'\\' | b'#'))
+        && !b
+            .windows(2)
+            .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
+}
+
+/// [`normalize_path`] without its shortcut for paths that are already normal.
+#[doc(hidden)]
+pub fn normalize_path_fully(raw: &str) -> Result<String, TargetError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(TargetError::NotOriginForm);
@@ -252,6 +275,41 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(normalize_path(input).as_deref(), Ok(want), "{input}");
         }
+    }
+
+    #[test]
+    fn the_shortcut_for_normal_paths_changes_no_outcome() {
+        let cases = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b;c/d",
+            "/admin;x",
+            "/a b",
+            "/.well-known/x",
+            "/a/.b",
+            "/a/..",
+            "/a/..;x/b",
+            "/a//b",
+            "//",
+            "/a%2e",
+            "a/b",
+            "",
+            "/a\\b",
+            "/a#b",
+            "/a\u{7f}",
+            "/a/b/",
+            "/~user/x-y_z",
+            "/a;/b",
+            "/;",
+            "/a/...",
+            "/a/.../b",
+        ];
+        for raw in cases {
+            assert_eq!(normalize_path(raw), normalize_path_fully(raw), "{raw:?}");
+        }
+        assert!(is_plain("/chat/session") && is_plain("/") && is_plain("/a/"));
+        assert!(!is_plain("/a/./b") && !is_plain("/a//b") && !is_plain("/%61"));
     }
 
     #[test]

@@ -223,11 +223,7 @@ async fn connection(
     let activity = Arc::new(AtomicU64::new(now_ms()));
     match acceptor {
         None => {
-            let info = ConnInfo {
-                peer,
-                sni: None,
-                https: false,
-            };
+            let info = ConnInfo::new(peer, None, false);
             let io = IdleIo {
                 inner: tcp,
                 last: activity.clone(),
@@ -257,11 +253,7 @@ async fn connection(
                 .1
                 .server_name()
                 .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-            let info = ConnInfo {
-                peer,
-                sni,
-                https: true,
-            };
+            let info = ConnInfo::new(peer, sni, true);
             let io = IdleIo {
                 inner: tls,
                 last: activity.clone(),
