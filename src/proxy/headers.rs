@@ -14,18 +14,66 @@ fn folded(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and older ones still seen): never forwarded.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// What is hop-by-hop in one message: which of [`HOP_BY_HOP`] it has (a bit each), and the
+/// other names its `Connection` header lists (rare: allocated only then).
+struct HopByHop {
+    present: u16,
+    listed: Vec<HeaderName>,
+}
+
+impl HopByHop {
+    fn of(h: &HeaderMap) -> HopByHop {
+        let mut present = 0u16;
+        for n in h.keys() {
+            if let Some(i) = HOP_BY_HOP.iter().position(|x| x == n) {
+                present |= 1 << i;
+            }
+        }
+        let mut listed = Vec::new();
+        if present & 1 != 0 {
+            let tokens = h
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            for t in tokens {
+                if HOP_BY_HOP
+                    .iter()
+                    .any(|x| x.as_str().eq_ignore_ascii_case(t))
+                {
+                    continue;
+                }
+                // `from_bytes` lower-cases; a token that is no header name names nothing.
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    if !listed.contains(&n) {
+                        listed.push(n);
+                    }
+                }
+            }
+        }
+        HopByHop { present, listed }
+    }
+
+    fn contains(&self, n: &HeaderName) -> bool {
+        HOP_BY_HOP.iter().any(|x| x == n) || self.listed.contains(n)
+    }
+}
 
 /// Forwarding context a client may claim; only the proxy sets `X-Forwarded-For/Proto/Host`.
 const CLIENT_CONTEXT: &[&str] = &[
@@ -76,16 +124,6 @@ pub fn is_spoofable(name: &str, extra: &[HeaderName]) -> bool {
         || extra.iter().any(|h| folded(h.as_str()) == f)
 }
 
-/// Is `name` listed in this message's `Connection` header (which makes it hop-by-hop)?
-fn connection_lists(headers: &HeaderMap, name: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(name))
-}
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -112,12 +150,10 @@ pub struct Forwarding<'a> {
 /// A client header the upstream never gets: hop-by-hop, listed in `Connection`,
 /// `Content-Length` (the body's own framing is sent), forgeable context or identity, or
 /// one the route removes. (`Host` is replaced, not removed.)
-fn dropped(name: &HeaderName, h: &HeaderMap, fw: &Forwarding<'_>) -> bool {
-    let n = name.as_str();
-    HOP_BY_HOP.contains(&n)
-        || n == "content-length"
-        || connection_lists(h, n)
-        || is_spoofable(n, fw.owned)
+fn dropped(name: &HeaderName, hop: &HopByHop, fw: &Forwarding<'_>) -> bool {
+    hop.contains(name)
+        || name == header::CONTENT_LENGTH
+        || is_spoofable(name.as_str(), fw.owned)
         || fw.remove.contains(name)
 }
 
@@ -125,7 +161,8 @@ fn dropped(name: &HeaderName, h: &HeaderMap, fw: &Forwarding<'_>) -> bool {
 /// removed (usually nothing but the session cookie), then the forwarding context, the
 /// route's headers and the identity headers are set.
 pub fn request_headers(mut h: HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
-    let drop: Vec<HeaderName> = h.keys().filter(|n| dropped(n, &h, fw)).cloned().collect();
+    let hop = HopByHop::of(&h);
+    let drop: Vec<HeaderName> = h.keys().filter(|n| dropped(n, &hop, fw)).cloned().collect();
     for n in &drop {
         h.remove(n);
     }
@@ -210,17 +247,15 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
 
 /// Response headers from the upstream, without hop-by-hop ones (kept for a 101).
 pub fn response_headers(src: &mut HeaderMap, upgrade: bool) {
-    let remove: Vec<HeaderName> = src
-        .keys()
-        .filter(|n| {
-            let s = n.as_str();
-            let hop = HOP_BY_HOP.contains(&s) || connection_lists(src, s);
-            hop && !(upgrade && (s == "upgrade" || s == "connection"))
-        })
-        .cloned()
-        .collect();
-    for n in remove {
-        src.remove(&n);
+    let hop = HopByHop::of(src);
+    let kept = |n: &HeaderName| upgrade && (n == header::UPGRADE || n == header::CONNECTION);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if hop.present & (1 << i) != 0 && !kept(n) {
+            src.remove(n);
+        }
+    }
+    for n in &hop.listed {
+        src.remove(n);
     }
 }
 
@@ -343,6 +378,31 @@ mod tests {
             assert!(!out.contains_key(n), "{n} kept");
         }
         assert!(out.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed_but_a_switch_keeps_its_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret, close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut plain = h.clone();
+        response_headers(&mut plain, false);
+        let names: Vec<&str> = plain.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+
+        h.insert("connection", HeaderValue::from_static("Upgrade, X-Secret"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        response_headers(&mut h, true);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["connection", "content-type", "upgrade"]);
     }
 
     #[test]
