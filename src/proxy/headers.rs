@@ -39,7 +39,7 @@ impl HopByHop {
     fn of(h: &HeaderMap) -> HopByHop {
         let mut present = 0u16;
         for n in h.keys() {
-            if let Some(i) = HOP_BY_HOP.iter().position(|x| x == n) {
+            if let Some(i) = hop_by_hop_index(n.as_str()) {
                 present |= 1 << i;
             }
         }
@@ -71,8 +71,25 @@ impl HopByHop {
     }
 
     fn contains(&self, n: &HeaderName) -> bool {
-        HOP_BY_HOP.iter().any(|x| x == n) || self.listed.contains(n)
+        hop_by_hop_index(n.as_str()).is_some() || self.listed.contains(n)
     }
+}
+
+/// The place of a (lower-case) name in [`HOP_BY_HOP`]: one string match, not ten compares.
+fn hop_by_hop_index(n: &str) -> Option<usize> {
+    Some(match n {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        "http2-settings" => 9,
+        _ => return None,
+    })
 }
 
 /// Forwarding context a client may claim; only the proxy sets `X-Forwarded-For/Proto/Host`.
@@ -403,6 +420,14 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["connection", "content-type", "upgrade"]);
+    }
+
+    #[test]
+    fn hop_by_hop_index_matches_the_list() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(n.as_str()), Some(i), "{n}");
+        }
+        assert_eq!(hop_by_hop_index("content-type"), None);
     }
 
     #[test]
