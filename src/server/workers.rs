@@ -19,9 +19,11 @@ thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// How many workers the process runs (or would): one per available core.
+/// How many workers the process runs (or would): one per core available when first asked,
+/// fixed from then on so per-worker state always has a slot for every worker.
 pub fn count() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The worker running the calling thread, or `None` off the workers (the main runtime).
@@ -43,8 +45,14 @@ pub struct PerWorker<T> {
 
 impl<T: Default> Default for PerWorker<T> {
     fn default() -> Self {
+        PerWorker::new(count())
+    }
+}
+
+impl<T: Default> PerWorker<T> {
+    fn new(workers: usize) -> Self {
         PerWorker {
-            slots: (0..=count()).map(|_| T::default()).collect(),
+            slots: (0..=workers).map(|_| T::default()).collect(),
         }
     }
 }
@@ -53,7 +61,8 @@ impl<T> PerWorker<T> {
     /// The calling thread's: its worker's, or the one shared off the workers.
     pub fn get(&self) -> &T {
         let i = current().map_or(0, |i| i + 1);
-        // `count()` is fixed for the process, so every worker has its slot.
+        // Every worker has its slot (`count()` is fixed); were one missing, it would share
+        // the last one, which is only slower: what is shared between threads is `Sync`.
         &self.slots[i.min(self.slots.len() - 1)]
     }
 }
@@ -162,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn each_worker_gets_its_own_slot() {
         let w = Workers::start(2);
-        let slots: std::sync::Arc<PerWorker<std::sync::atomic::AtomicUsize>> = Default::default();
+        let slots = std::sync::Arc::new(PerWorker::<AtomicUsize>::new(2));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
             let (tx, slots) = (tx.clone(), slots.clone());
