@@ -139,54 +139,6 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// One accept loop's share of a listener's state.
-#[derive(Clone)]
-struct Accept {
-    tracker: Arc<Tracker>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    limits: Limits,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Accept {
-    /// Accepts until shutdown; each connection is served on this runtime.
-    async fn run(mut self, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = self.shutdown.changed() => break,
-            };
-            let Some(live) = self.tracker.admit(client_key(peer.ip()), &self.limits) else {
-                // Over a cap: close at once (RST-free; the client sees the connection end).
-                self.shared.metrics.connection_refused();
-                tracing::debug!(%peer, "connection refused: connection cap reached");
-                drop(tcp);
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, shared, shutdown) = (
-                self.acceptor.clone(),
-                self.shared.clone(),
-                self.shutdown.clone(),
-            );
-            let limits = self.limits;
-            tokio::spawn(async move {
-                let _live = live;
-                connection(tcp, peer, acceptor, shared, limits, shutdown).await;
-            });
-        }
-    }
-}
-
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -196,48 +148,50 @@ pub async fn serve(
 ) {
     let tracker = Arc::new(Tracker::default());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let accept = Accept {
-        tracker: tracker.clone(),
-        acceptor,
-        shared,
-        limits,
-        shutdown: shutdown.clone(),
-    };
-    // Every worker accepts from the listening socket itself (a duplicate of it in its own
-    // reactor): a new connection is served where it was accepted, with no hand-off between
-    // threads. Measured against accepting here and dealing sockets out: ~33% less CPU per new
-    // TLS connection (bench/README.md). Without workers, this runtime accepts.
-    let listener = match listener.into_std() {
-        Ok(l) => {
-            let started = Workers::global().spawn_each(|_| {
-                let dup = l.try_clone();
-                let accept = accept.clone();
-                async move {
-                    match dup.and_then(TcpListener::from_std) {
-                        Ok(l) => accept.run(l).await,
-                        Err(e) => tracing::warn!(error = %e, "a worker cannot accept connections"),
-                    }
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            });
-            if !started {
-                match l.try_clone().and_then(TcpListener::from_std) {
-                    Ok(here) => {
-                        tokio::spawn(accept.run(here));
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot accept connections"),
-                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Some(live) = tracker.admit(client_key(peer.ip()), &limits) else {
+            // Over a cap: close at once (RST-free; the client sees the connection end).
+            shared.metrics.connection_refused();
+            tracing::debug!(%peer, "connection refused: connection cap reached");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        // The socket moves to a worker's runtime (super::workers): it leaves this reactor
+        // and joins the worker's.
+        let tcp = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
             }
-            Some(l)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot accept connections");
-            None
-        }
-    };
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        Workers::global().spawn(async move {
+            let _live = live;
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
+            connection(tcp, peer, acceptor, shared, limits, shutdown).await;
+        });
     }
     drop(listener);
     // Drain: wait for connections to finish, at most DRAIN_DEADLINE.

@@ -5,12 +5,12 @@
 //! thread: no work stealing and no wake-ups across threads on the request path. Measured on
 //! the 2-core bench machine, tokio's shared multi-threaded scheduler cost about a fifth more
 //! CPU per proxied request than one thread alone (bench/README.md). The accept loop, reloads,
-//! ACME and the admin port stay on the main runtime. Each worker accepts connections itself
-//! from the shared listening socket (`listener::serve`); a connection never moves between
-//! workers.
+//! ACME and the admin port stay on the main runtime. Connections are dealt round-robin; one
+//! never moves between workers.
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use tokio::runtime::Handle;
 
@@ -69,6 +69,7 @@ impl<T> PerWorker<T> {
 
 pub struct Workers {
     handles: Vec<Handle>,
+    next: AtomicUsize,
 }
 
 impl Workers {
@@ -106,41 +107,42 @@ impl Workers {
                 }
             }
         }
-        Workers { handles }
+        Workers {
+            handles,
+            next: AtomicUsize::new(0),
+        }
     }
 
-    /// Runs `f(i)` on every worker `i`; false if no worker could start (nothing ran).
-    pub fn spawn_each<F, Fut>(&self, f: F) -> bool
+    /// Runs `f` on the next worker (on the caller's runtime if no worker could start).
+    pub fn spawn<F>(&self, f: F)
     where
-        F: Fn(usize) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
-        for (i, h) in self.handles.iter().enumerate() {
-            h.spawn(f(i));
+        if self.handles.is_empty() {
+            tokio::spawn(f);
+            return;
         }
-        !self.handles.is_empty()
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].spawn(f);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
-    async fn work_runs_on_every_single_threaded_worker() {
+    async fn work_is_dealt_round_robin_to_single_threaded_workers() {
         let w = Workers::start(2);
         assert_eq!(w.handles.len(), 2);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for _ in 0..2 {
-            assert!(w.spawn_each(|_| {
-                let tx = tx.clone();
-                async move {
-                    let flavor = Handle::current().runtime_flavor();
-                    let name = std::thread::current().name().map(str::to_owned);
-                    let _ = tx.send((name, flavor, current()));
-                }
-            }));
+        for _ in 0..4 {
+            let tx = tx.clone();
+            w.spawn(async move {
+                let flavor = Handle::current().runtime_flavor();
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((name, flavor, current()));
+            });
         }
         let mut names = Vec::new();
         for _ in 0..4 {
@@ -171,13 +173,11 @@ mod tests {
         let w = Workers::start(2);
         let slots = std::sync::Arc::new(PerWorker::<AtomicUsize>::new(2));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for _ in 0..2 {
-            w.spawn_each(|_| {
-                let (tx, slots) = (tx.clone(), slots.clone());
-                async move {
-                    let n = slots.get().fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send((current(), n));
-                }
+        for _ in 0..4 {
+            let (tx, slots) = (tx.clone(), slots.clone());
+            w.spawn(async move {
+                let n = slots.get().fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send((current(), n));
             });
         }
         let mut seen = Vec::new();
