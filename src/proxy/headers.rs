@@ -243,17 +243,16 @@ fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
 /// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookie `NAME_csrf`)
 /// from a Cookie header; `None` if nothing is left.
 fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
+    if !has_session_cookie(value, name) {
+        return Some(value.clone());
+    }
     let Ok(s) = value.to_str() else {
         return Some(value.clone());
     };
-    let ours = |cookie: &str| is_session_cookie(cookie, name);
-    if !s.split(';').any(ours) {
-        return Some(value.clone());
-    }
     let kept: Vec<&str> = s
         .split(';')
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !ours(c))
+        .filter(|c| !c.is_empty() && !is_session_cookie(c, name))
         .collect();
     if kept.is_empty() {
         None
