@@ -9,7 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -139,61 +139,196 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The sockets the main port listens on: one per worker where the kernel balances new
+/// connections between sockets sharing a port (Linux's `SO_REUSEPORT`), else one.
+pub struct Listeners {
+    /// The bound address (the port chosen, when asked for port 0).
+    pub addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds `addr` for `n` workers.
+///
+/// A plain bind comes first and must succeed on its own: it fails if anything holds the
+/// address, another Portcullis's shared sockets included, so two instances never split one
+/// port between them. Only then are the `n` shared sockets bound, on the port it got. Each
+/// worker accepting from a socket of its own costs about a third less CPU per new TLS
+/// connection than one accept loop handing sockets to the workers (bench/README.md), and the
+/// kernel spreads connections over the sockets by their addresses, so a burst of new
+/// connections is shared out rather than taken by whichever worker wakes first.
+pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Listeners> {
+    let mut attempts = 0;
+    loop {
+        let alone = std::net::TcpListener::bind(addr)?;
+        let local = alone.local_addr()?;
+        if n <= 1 || !SHARED_PORTS {
+            alone.set_nonblocking(true)?;
+            return Ok(Listeners {
+                addr: local,
+                sockets: vec![alone],
+            });
+        }
+        drop(alone);
+        match (0..n).map(|_| shared_socket(local)).collect() {
+            Ok(sockets) => {
+                return Ok(Listeners {
+                    addr: local,
+                    sockets,
+                })
+            }
+            // Port 0: another bind took the port between the two steps; choose again.
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && attempts < 5 => {
+                attempts += 1
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether this OS balances connections between sockets sharing a port.
+const SHARED_PORTS: bool = cfg!(target_os = "linux");
+
+#[cfg(target_os = "linux")]
+fn shared_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shared_socket(_: SocketAddr) -> io::Result<std::net::TcpListener> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// One accept loop's share of the listener's state.
+#[derive(Clone)]
+struct Accept {
+    tracker: Arc<Tracker>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Accept {
+    /// Accepts until shutdown. `deal`: hand each connection to the next worker; otherwise it
+    /// is served on this (worker's) runtime.
+    async fn run(mut self, listener: TcpListener, deal: bool) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = self.shutdown.changed() => break,
+            };
+            let Some(live) = self.tracker.admit(client_key(peer.ip()), &self.limits) else {
+                // Over a cap: close at once (RST-free; the client sees the connection end).
+                self.shared.metrics.connection_refused();
+                tracing::debug!(%peer, "connection refused: connection cap reached");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, shared, shutdown) = (
+                self.acceptor.clone(),
+                self.shared.clone(),
+                self.shutdown.clone(),
+            );
+            let limits = self.limits;
+            if !deal {
+                tokio::spawn(async move {
+                    let _live = live;
+                    connection(tcp, peer, acceptor, shared, limits, shutdown).await;
+                });
+                continue;
+            }
+            // The socket moves to a worker's runtime: it leaves this reactor and joins the
+            // worker's.
+            let tcp = match tcp.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
+                    continue;
+                }
+            };
+            Workers::global().spawn(async move {
+                let _live = live;
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => connection(tcp, peer, acceptor, shared, limits, shutdown).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "cannot register the connection"),
+                }
+            });
+        }
+    }
+}
+
+/// Serves the main port until shutdown, then drains: with a socket per worker, each worker
+/// accepts and serves its own connections; with one socket, this runtime accepts and deals
+/// them round-robin.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: Option<Arc<ServerConfig>>,
     shared: Arc<Shared>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tracker = Arc::new(Tracker::default());
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let Some(live) = tracker.admit(client_key(peer.ip()), &limits) else {
-            // Over a cap: close at once (RST-free; the client sees the connection end).
-            shared.metrics.connection_refused();
-            tracing::debug!(%peer, "connection refused: connection cap reached");
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        // The socket moves to a worker's runtime (super::workers): it leaves this reactor
-        // and joins the worker's.
-        let tcp = match tcp.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker");
-                continue;
+    let accept = Accept {
+        tracker: tracker.clone(),
+        acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
+        shared,
+        limits,
+        shutdown: shutdown.clone(),
+    };
+    let workers = Workers::global();
+    let mut sockets = listeners.sockets;
+    if sockets.len() > 1 && sockets.len() == workers.len() {
+        let loops: Vec<_> = sockets
+            .drain(..)
+            .enumerate()
+            .map(|(i, socket)| {
+                let accept = accept.clone();
+                workers.spawn_on(i, async move {
+                    // Registered with this worker's reactor. Were that to fail, the socket
+                    // closes and leaves the port's group: the kernel sends its share of
+                    // connections to the other workers' sockets.
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => accept.run(l, false).await,
+                        Err(e) => tracing::error!(error = %e, "a worker cannot accept connections"),
+                    }
+                })
+            })
+            .collect();
+        drop(accept);
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
             }
-        };
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
-        Workers::global().spawn(async move {
-            let _live = live;
-            let tcp = match TcpStream::from_std(tcp) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "cannot register the connection");
-                    return;
-                }
-            };
-            connection(tcp, peer, acceptor, shared, limits, shutdown).await;
-        });
+        }
+        // Every socket is closed once its loop has ended: the port is free again.
+        for l in loops {
+            let _ = l.await;
+        }
+    } else {
+        let deal = !workers.is_empty();
+        for socket in sockets.drain(..) {
+            match TcpListener::from_std(socket) {
+                Ok(l) => accept.clone().run(l, deal).await,
+                Err(e) => tracing::error!(error = %e, "cannot accept connections"),
+            }
+        }
     }
-    drop(listener);
     // Drain: wait for connections to finish, at most DRAIN_DEADLINE.
     let wait = async {
         loop {
@@ -389,5 +524,66 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connects `n` times to `addr` and counts, per socket, the connections it accepted.
+    fn spread(sockets: &[std::net::TcpListener], n: usize) -> Vec<usize> {
+        let addr = sockets[0].local_addr().expect("bound");
+        let clients: Vec<_> = (0..n)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut accepted = vec![0; sockets.len()];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while accepted.iter().sum::<usize>() < n && Instant::now() < deadline {
+            for (i, s) in sockets.iter().enumerate() {
+                while s.accept().is_ok() {
+                    accepted[i] += 1;
+                }
+            }
+        }
+        drop(clients);
+        accepted
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn each_worker_gets_a_socket_on_one_port_and_a_share_of_a_burst() {
+        let l = bind("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        assert_eq!(l.sockets.len(), 2);
+        for s in &l.sockets {
+            assert_eq!(s.local_addr().expect("bound"), l.addr);
+        }
+        let accepted = spread(&l.sockets, 64);
+        assert_eq!(accepted.iter().sum::<usize>(), 64, "{accepted:?}");
+        assert!(
+            accepted.iter().all(|&a| a >= 8),
+            "a burst of connections is shared out: {accepted:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_instance_cannot_bind_the_same_port() {
+        let l = bind("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        for n in [1, 2] {
+            let again = bind(l.addr, n).err().map(|e| e.kind());
+            assert_eq!(again, Some(io::ErrorKind::AddrInUse), "n = {n}");
+        }
+        // Closed, the port is free again.
+        let addr = l.addr;
+        drop(l);
+        let l = bind(addr, 2).expect("the port is free once the sockets are closed");
+        assert_eq!(l.addr, addr);
+    }
+
+    #[test]
+    fn one_worker_gets_one_plain_socket() {
+        let l = bind("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
+        assert_eq!(l.sockets.len(), 1);
+        assert_eq!(spread(&l.sockets, 4), [4]);
     }
 }

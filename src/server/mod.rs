@@ -79,8 +79,8 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         sockets: Arc::default(),
     });
     let (tx, rx) = watch::channel(false);
-    let main = TcpListener::bind(settings.address).await?;
-    let addr = main.local_addr()?;
+    let main = listener::bind(settings.address, workers::Workers::global().len())?;
+    let addr = main.addr;
     let mut tasks = Vec::new();
     let tls = if settings.insecure_server {
         None

@@ -4,9 +4,11 @@
 //! A connection's work — TLS, HTTP, the upstream exchange, the response — then stays on one
 //! thread: no work stealing and no wake-ups across threads on the request path. Measured on
 //! the 2-core bench machine, tokio's shared multi-threaded scheduler cost about a fifth more
-//! CPU per proxied request than one thread alone (bench/README.md). The accept loop, reloads,
-//! ACME and the admin port stay on the main runtime. Connections are dealt round-robin; one
-//! never moves between workers.
+//! CPU per proxied request than one thread alone (bench/README.md). Each worker accepts its
+//! own connections from a socket of its own on the shared port (`listener::bind`); where
+//! there is only one socket, the main runtime accepts and deals connections round-robin.
+//! Reloads, ACME and the admin port stay on the main runtime. A connection never moves
+//! between workers.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -110,6 +112,27 @@ impl Workers {
         Workers {
             handles,
             next: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many workers are running.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// True if no worker could start.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Runs `f` on worker `i` (on the caller's runtime if there is no such worker).
+    pub fn spawn_on<F>(&self, i: usize, f: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self.handles.get(i) {
+            Some(h) => h.spawn(f),
+            None => tokio::spawn(f),
         }
     }
 
