@@ -157,8 +157,17 @@ export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0
   };
 }
 
+const made = [];
+process.on('exit', () => {
+  if (process.env.PORTCULLIS_KEEP_TMP) return;
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh directory, removed when the process exits (kept with PORTCULLIS_KEEP_TMP=1). */
 export function tmpdir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  made.push(d);
+  return d;
 }
 
 /**
