@@ -11,6 +11,7 @@ use portcullis::auth::revoked::RevocationStore;
 use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
 use portcullis::config::{self, MapEnv};
 use portcullis::policy::{evaluate, ClaimValue, Facts, Identity};
+use portcullis::proxy::headers;
 
 fn identity() -> Identity {
     let mut claims = std::collections::BTreeMap::new();
@@ -139,6 +140,81 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+
+    // A browser's navigation request as Chromium sends it, with the session cookie among
+    // others: what the upstream gets is made from it in place.
+    let browser: http::HeaderMap = [
+        ("host", "openclaw.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-GB,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        (
+            "cookie",
+            "theme=dark; _portcullis=v1.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA; lang=en",
+        ),
+        ("sec-ch-ua", "\"Chromium\";v=\"156\""),
+        ("sec-ch-ua-mobile", "?0"),
+        ("sec-ch-ua-platform", "\"Linux\""),
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-site", "none"),
+        ("sec-fetch-user", "?1"),
+        ("upgrade-insecure-requests", "1"),
+        ("priority", "u=0, i"),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        (
+            http::HeaderName::from_static(k),
+            http::HeaderValue::from_str(v).expect("value"),
+        )
+    })
+    .collect();
+    let peer = http::HeaderValue::from_static("203.0.113.9");
+    let identity = [
+        (
+            http::HeaderName::from_static("x-portcullis-jwt-assertion"),
+            http::HeaderValue::from_static("eyJhbGciOiJFUzI1NiJ9.e30.sig"),
+        ),
+        (
+            http::HeaderName::from_static("x-forwarded-user"),
+            http::HeaderValue::from_static("https://idp.example.com#alice"),
+        ),
+    ];
+    let owned = [http::HeaderName::from_static("x-forwarded-user")];
+    c.bench_function(
+        "upstream request headers (browser request, 15 headers)",
+        |b| {
+            b.iter_batched(
+                || browser.clone(),
+                |h| {
+                    headers::request_headers(
+                        h,
+                        &headers::Forwarding {
+                            forwarded_for: &peer,
+                            https: true,
+                            authority: "openclaw.example.com",
+                            host_header: http::HeaderValue::from_static("127.0.0.1:18789"),
+                            websocket: false,
+                            cookie_name: "_portcullis",
+                            owned: &owned,
+                            remove: &[],
+                            set: &[],
+                            identity: &identity,
+                        },
+                    )
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
 }
 
 criterion_group!(hot_path, benches);
