@@ -523,6 +523,8 @@ async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+    // Every worker's socket is closed: a restart can bind the same address at once.
+    std::net::TcpListener::bind(addr).expect("the port is free after shutdown");
     drop(dir);
 }
 

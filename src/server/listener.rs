@@ -293,7 +293,8 @@ pub async fn serve(
     };
     let workers = Workers::global();
     let mut sockets = listeners.sockets;
-    if sockets.len() > 1 && sockets.len() == workers.len() {
+    // `bind` made one socket per worker, or a single one.
+    if sockets.len() > 1 {
         let loops: Vec<_> = sockets
             .drain(..)
             .enumerate()
@@ -320,13 +321,10 @@ pub async fn serve(
         for l in loops {
             let _ = l.await;
         }
-    } else {
-        let deal = !workers.is_empty();
-        for socket in sockets.drain(..) {
-            match TcpListener::from_std(socket) {
-                Ok(l) => accept.clone().run(l, deal).await,
-                Err(e) => tracing::error!(error = %e, "cannot accept connections"),
-            }
+    } else if let Some(socket) = sockets.pop() {
+        match TcpListener::from_std(socket) {
+            Ok(l) => accept.run(l, !workers.is_empty()).await,
+            Err(e) => tracing::error!(error = %e, "cannot accept connections"),
         }
     }
     // Drain: wait for connections to finish, at most DRAIN_DEADLINE.
