@@ -29,6 +29,9 @@ pub struct HostCert {
     resolver: ArcSwap<ResolvesServerCertAcme>,
     /// notAfter of the certificate in use (unix seconds); 0 before the first one.
     not_after: AtomicI64,
+    /// When rustls-acme orders its renewal: at 2/3 of its lifetime (unix seconds); 0 before
+    /// the first certificate.
+    renew_at: AtomicI64,
 }
 
 impl HostCert {
@@ -143,12 +146,14 @@ impl Acme {
                         .resolver(),
                 ),
                 not_after: AtomicI64::new(0),
+                renew_at: AtomicI64::new(0),
             });
             let task = tokio::spawn(run(
                 h.clone(),
                 settings.clone(),
                 client.clone(),
                 cert.clone(),
+                ORDER_DEADLINE,
             ));
             m.tasks.insert(h.clone(), task.abort_handle());
             current.insert(h.clone(), cert);
@@ -209,7 +214,26 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(3600))
 }
 
-async fn run(host: String, s: AutocertSettings, client: Arc<ClientConfig>, cert: Arc<HostCert>) {
+/// How long an order may go without an event before it is abandoned and started again.
+/// rustls-acme's HTTP requests have no timeout of their own, so a CA (or a network path) that
+/// accepts a connection and never answers would otherwise hold the host's order forever. Its
+/// own polling is bounded: ~31 s per authorization and ~17 min for a "processing" order.
+pub const ORDER_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// How long the next event may take: until the renewal is due (nothing happens before), plus
+/// the order's deadline.
+fn quiet_allowed(renew_at: i64, now: i64, deadline: Duration) -> Duration {
+    let until_renewal = u64::try_from(renew_at.saturating_sub(now)).unwrap_or(0);
+    deadline.saturating_add(Duration::from_secs(until_renewal))
+}
+
+async fn run(
+    host: String,
+    s: AutocertSettings,
+    client: Arc<ClientConfig>,
+    cert: Arc<HostCert>,
+    deadline: Duration,
+) {
     // TLS-ALPN-01 first; with a redirect port, alternate with HTTP-01 after each failure.
     let kinds: &[&str] = if s.http01 {
         &["tls-alpn-01", "http-01"]
@@ -235,7 +259,23 @@ async fn run(host: String, s: AutocertSettings, client: Arc<ClientConfig>, cert:
             .state();
         cert.resolver.store(state.resolver());
         tracing::info!(%host, challenge = kind, directory = %s.directory, "ACME: checking the certificate (cached, or a new order)");
-        while let Some(ev) = state.next().await {
+        loop {
+            let quiet = quiet_allowed(
+                cert.renew_at.load(Ordering::Relaxed),
+                i64::try_from(crate::auth::session::now()).unwrap_or(i64::MAX),
+                deadline,
+            );
+            let ev = match tokio::time::timeout(quiet, state.next()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(_) => {
+                    failures = failures.saturating_add(1);
+                    let wait = backoff(failures);
+                    tracing::warn!(%host, challenge = kind, quiet_s = quiet.as_secs(), retry_in_s = wait.as_secs(), "ACME: the order made no progress (the CA or the network stopped answering); abandoned, starting over");
+                    tokio::time::sleep(wait).await;
+                    break;
+                }
+            };
             match ev {
                 Ok(EventOk::DeployedCachedCert) => {
                     tracing::info!(%host, not_after = cert.not_after.load(Ordering::Relaxed), "ACME: serving the cached certificate")
@@ -294,8 +334,16 @@ fn digest(parts: &[&str]) -> String {
 impl DirStore {
     fn note_expiry(&self, pem: &[u8]) {
         if let Some(Ok(c)) = CertificateDer::pem_slice_iter(pem).next() {
-            if let Some((_, t)) = super::expiry_of(&c) {
-                self.cert.not_after.store(t, Ordering::Relaxed);
+            if let Ok((_, x)) = x509_parser::parse_x509_certificate(&c) {
+                let (from, to) = (
+                    x.validity().not_before.timestamp(),
+                    x.validity().not_after.timestamp(),
+                );
+                self.cert.not_after.store(to, Ordering::Relaxed);
+                self.cert.renew_at.store(
+                    to.saturating_sub(to.saturating_sub(from) / 3),
+                    Ordering::Relaxed,
+                );
             }
         }
     }
@@ -396,6 +444,65 @@ mod tests {
     }
 
     #[test]
+    fn an_order_may_be_quiet_until_its_renewal_is_due_plus_the_deadline() {
+        let d = Duration::from_secs(60);
+        assert_eq!(
+            quiet_allowed(0, 1_000, d),
+            d,
+            "no certificate: an order is running"
+        );
+        assert_eq!(quiet_allowed(1_500, 1_000, d), Duration::from_secs(560));
+        assert_eq!(
+            quiet_allowed(900, 1_000, d),
+            d,
+            "renewal overdue: ordering now"
+        );
+    }
+
+    /// A CA that accepts connections and never answers: the order is abandoned after the
+    /// deadline and started again (on a new connection) instead of waiting forever.
+    #[tokio::test]
+    async fn an_order_the_ca_never_answers_is_started_again() {
+        let ca = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = AutocertSettings {
+            directory: format!("https://{}/dir", ca.local_addr().unwrap()),
+            contacts: vec![],
+            dir: tempfile::tempdir().unwrap().keep(),
+            trusted_ca_pem: None,
+            http01: false,
+        };
+        let client = client_config(&settings).unwrap();
+        let cert = Arc::new(HostCert {
+            resolver: ArcSwap::new(
+                AcmeConfig::new_with_client_config(["a.test"], client.clone())
+                    .state()
+                    .resolver(),
+            ),
+            not_after: AtomicI64::new(0),
+            renew_at: AtomicI64::new(0),
+        });
+        let order = tokio::spawn(run(
+            "a.test".into(),
+            settings.clone(),
+            client,
+            cert,
+            Duration::from_millis(300),
+        ));
+        // Held open, never answered; the second connection is the order started again
+        // (after the first failure's 5 s backoff).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (c, _) = tokio::time::timeout(Duration::from_secs(20), ca.accept())
+                .await
+                .expect("the order was started again")
+                .unwrap();
+            held.push(c);
+        }
+        order.abort();
+        let _ = std::fs::remove_dir_all(&settings.dir);
+    }
+
+    #[test]
     fn only_public_dns_names_are_ordered() {
         let hosts: Vec<String> = [
             "app.example.com",
@@ -433,6 +540,7 @@ mod tests {
                     .resolver(),
                 ),
                 not_after: AtomicI64::new(0),
+                renew_at: AtomicI64::new(0),
             }),
         };
         use rustls_acme::AccountCache;
