@@ -293,8 +293,9 @@ pub async fn serve(
     };
     let workers = Workers::global();
     let mut sockets = listeners.sockets;
-    // `bind` made one socket per worker, or a single one.
-    if sockets.len() > 1 {
+    // `bind` made one socket per worker, or a single one for several workers (no shared
+    // ports on this OS) or for none.
+    if !workers.is_empty() && sockets.len() == workers.len() {
         let loops: Vec<_> = sockets
             .drain(..)
             .enumerate()
