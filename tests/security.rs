@@ -526,3 +526,71 @@ async fn callback_parameters_are_bounded_before_any_work() {
     }
     assert_eq!(a.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_callback_uses_up_only_its_own_login_cookie_and_login_cookies_stay_bounded() {
+    let a = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\n\
+         idp_provider_url: http://127.0.0.1:9\nidp_client_id: c\nidp_client_secret: s\nroutes:\n\
+         \x20 - from: http://app.test\n    to: {}\n    allow_any_authenticated_user: true\n",
+        a.url()
+    ))
+    .await;
+    let state = |i: usize| format!("{i:0>22}");
+    let logins = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("_portcullis_csrf_{}=x{i}", state(i)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let expired = |r: &Reply| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .filter(|v| v.contains("Max-Age=0"))
+            .map(|v| v.split('=').next().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Another tab's sign-in keeps its cookie: only the callback's own state is used up (its
+    // sealed value is no good here, so the sign-in itself fails).
+    let cookies = logins(3);
+    let r = get(
+        p.addr(),
+        "app.test",
+        &format!("/.portcullis/callback?code=c&state={}", state(1)),
+        &[("cookie", &cookies), ("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(expired(&r), [format!("_portcullis_csrf_{}", state(1))]);
+    // A state Portcullis never makes names no cookie at all.
+    let r = get(
+        p.addr(),
+        "app.test",
+        "/.portcullis/callback?code=c&state=_portcullis;x",
+        &[("cookie", &cookies), ("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(expired(&r), Vec::<String>::new());
+    // More sign-ins in progress than MAX_LOGINS: every login cookie goes.
+    let r = get(
+        p.addr(),
+        "app.test",
+        &format!("/.portcullis/callback?code=c&state={}", state(1)),
+        &[("cookie", &logins(17)), ("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let mut all: Vec<String> = (0..17)
+        .map(|i| format!("_portcullis_csrf_{}", state(i)))
+        .collect();
+    all.sort();
+    assert_eq!(expired(&r), all);
+    assert_eq!(a.hits(), 0);
+}

@@ -5,7 +5,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::session::{now, LoginState};
+use super::session::{now, valid_state, LoginState, MAX_LOGINS};
 use super::SetCookies;
 use crate::proxy::error::{html_escape, page, ProxyError};
 use crate::proxy::handle::Shared;
@@ -77,11 +77,15 @@ pub fn start_login(
             tracing::warn!(error = %e, "cannot start sign-in");
             ProxyError::IdpUnavailable
         })?;
+    if !valid_state(&login.state) {
+        tracing::warn!("cannot start sign-in: the state made is not a valid cookie name part");
+        return Err(ProxyError::IdpUnavailable);
+    }
     let key = rt.auth.key.as_ref().ok_or(ProxyError::IdpUnavailable)?;
     let sealed = key
         .seal("login", &target.host, &login)
         .ok_or(ProxyError::IdpUnavailable)?;
-    cookies.extend(rt.auth.jar.set_login(&sealed));
+    cookies.extend(rt.auth.jar.set_login(&login.state, &sealed));
     redirect(url.as_str())
 }
 
@@ -166,8 +170,17 @@ async fn callback(
     if q.is_some_and(|q| q.len() > 4 * MAX_PARAM) {
         return Err(login_failed("oversized callback"));
     }
-    // Whatever happens next, this login attempt is used up.
-    cookies.extend(rt.auth.jar.clear_login());
+    // Each sign-in in progress has a login cookie named after its state, so sign-ins started
+    // in several tabs each complete. Whatever happens next, this one is used up; and a browser
+    // holding more than MAX_LOGINS of them loses them all, so they stay bounded.
+    let state = query_param(q, "state").filter(|s| valid_state(s));
+    let jar = &rt.auth.jar;
+    let logins = jar.login_cookies(req.headers());
+    if logins.len() > MAX_LOGINS {
+        cookies.extend(logins.iter().filter_map(|n| jar.expire_login(n)));
+    } else if let Some(state) = &state {
+        cookies.extend(jar.expire_login(&jar.login_name(state)));
+    }
     let oidc = rt.auth.oidc.as_ref().ok_or(ProxyError::NotFound)?;
     let key = rt.auth.key.as_ref().ok_or(ProxyError::NotFound)?;
     if let Some(err) = query_param(q, "error") {
@@ -180,10 +193,8 @@ async fn callback(
     let code = query_param(q, "code")
         .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM)
         .ok_or_else(|| login_failed("no code"))?;
-    let state = query_param(q, "state")
-        .filter(|s| !s.is_empty() && s.len() <= MAX_PARAM)
-        .ok_or_else(|| login_failed("no state"))?;
-    let sealed = super::session::cookie(req.headers(), &rt.auth.jar.login_name())
+    let state = state.ok_or_else(|| login_failed("no state, or not one Portcullis makes"))?;
+    let sealed = super::session::cookie(req.headers(), &jar.login_name(&state))
         .ok_or_else(|| login_failed("no login cookie (replayed or cross-site callback)"))?;
     let login: LoginState = key
         .open("login", &target.host, sealed)
@@ -235,7 +246,7 @@ fn sign_out(
     cookies: &mut SetCookies,
 ) -> Result<Response<Body>, ProxyError> {
     let session = rt.auth.open(&*shared.store, &target.host, req.headers());
-    cookies.extend(rt.auth.jar.clear_all());
+    cookies.extend(rt.auth.jar.clear_all(req.headers()));
     let post_logout = format!("{}{SIGNED_OUT}", origin(https, target));
     let Some(s) = session else {
         return redirect(&post_logout);

@@ -221,7 +221,7 @@ impl Oidc {
                 nonce: nonce.secret().clone(),
                 pkce_verifier: verifier.secret().clone(),
                 return_to,
-                expires: now() + 600,
+                expires: now() + super::session::LOGIN_TTL,
             },
         ))
     }

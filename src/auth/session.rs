@@ -19,6 +19,11 @@ pub const CHUNK: usize = 3800;
 /// At most this many chunks are read or written (a session is never that large).
 pub const MAX_CHUNKS: usize = 8;
 const VERSION: &str = "v1";
+/// Seconds a sign-in may take, from leaving for the IdP to the callback.
+pub const LOGIN_TTL: u64 = 600;
+/// Sign-ins in progress at once in one browser: a callback that sees more login cookies than
+/// this expires all of them (so they never grow a request past the header limit).
+pub const MAX_LOGINS: usize = 16;
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -123,8 +128,19 @@ impl CookieJar {
         self.domain.as_deref().unwrap_or(host)
     }
 
-    pub fn login_name(&self) -> String {
-        format!("{}_csrf", self.name)
+    /// The login cookie of the sign-in whose `state` this is: one per sign-in in progress, so
+    /// sign-ins started in several tabs at once each complete.
+    pub fn login_name(&self, state: &str) -> String {
+        format!("{}_csrf_{state}", self.name)
+    }
+
+    /// Names of the login cookies a request carries (any state).
+    pub fn login_cookies<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
+        let prefix = format!("{}_csrf_", self.name);
+        cookie_pairs(headers)
+            .filter(|(k, _)| k.starts_with(&prefix) && k.len() > prefix.len())
+            .map(|(k, _)| k)
+            .collect()
     }
 
     fn attrs(&self, path: &str, max_age: u64) -> String {
@@ -169,8 +185,9 @@ impl CookieJar {
         out
     }
 
-    /// `Set-Cookie` values that remove the session (every chunk) and the login cookie.
-    pub fn clear_all(&self) -> Vec<HeaderValue> {
+    /// `Set-Cookie` values that remove the session (every chunk) and the login cookies the
+    /// request carries.
+    pub fn clear_all(&self, headers: &HeaderMap) -> Vec<HeaderValue> {
         let mut out = Vec::new();
         out.extend(HeaderValue::from_str(&format!(
             "{}={}",
@@ -184,11 +201,9 @@ impl CookieJar {
                 self.attrs("/", 0)
             )));
         }
-        out.extend(HeaderValue::from_str(&format!(
-            "{}={}",
-            self.login_name(),
-            self.attrs("/.portcullis/", 0)
-        )));
+        for name in self.login_cookies(headers) {
+            out.extend(self.expire_login(name));
+        }
         out
     }
 
@@ -212,22 +227,19 @@ impl CookieJar {
         Some(Cow::Owned(all))
     }
 
-    pub fn set_login(&self, sealed: &str) -> Option<HeaderValue> {
+    /// Stores a sign-in's sealed state; only `/.portcullis/` paths ever see it.
+    pub fn set_login(&self, state: &str, sealed: &str) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!(
             "{}={sealed}{}",
-            self.login_name(),
-            self.attrs("/.portcullis/", 600)
+            self.login_name(state),
+            self.attrs("/.portcullis/", LOGIN_TTL)
         ))
         .ok()
     }
 
-    pub fn clear_login(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "{}={}",
-            self.login_name(),
-            self.attrs("/.portcullis/", 0)
-        ))
-        .ok()
+    /// Expires the login cookie named `name`.
+    pub fn expire_login(&self, name: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!("{name}={}", self.attrs("/.portcullis/", 0))).ok()
     }
 }
 
@@ -246,14 +258,27 @@ fn split_chunks(s: &str) -> Vec<&str> {
 
 /// The value of cookie `name` in the request (the first, if a client sent it twice).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_pairs(headers)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Every `name=value` pair of the request's Cookie headers.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+}
+
+/// Is this a `state` Portcullis could have made (and so a safe part of a cookie name)?
+/// Made ones are 22 base64url characters.
+pub fn valid_state(s: &str) -> bool {
+    (16..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -386,5 +411,65 @@ mod tests {
             .iter()
             .any(|v| v.to_str().unwrap().starts_with("_p_1=; ")
                 && v.to_str().unwrap().contains("Max-Age=0")));
+    }
+
+    #[test]
+    fn each_sign_in_in_progress_has_its_own_login_cookie_seen_only_by_portcullis_paths() {
+        let jar = jar();
+        let (a, b) = ("AAAAAAAAAAAAAAAAAAAAAA", "bbbbbbbbbbbbbbbbbbbb-_");
+        let set = [
+            jar.set_login(a, "sealed-a").unwrap(),
+            jar.set_login(b, "sealed-b").unwrap(),
+        ];
+        for v in &set {
+            let v = v.to_str().unwrap();
+            assert!(
+                v.contains("; Path=/.portcullis/; Max-Age=600; Secure; HttpOnly"),
+                "{v}"
+            );
+        }
+        let mut req = request_with(&set);
+        req.append(
+            COOKIE,
+            HeaderValue::from_static("_p=s; _p_1=t; _p_csrf=old; other=x"),
+        );
+        assert_eq!(cookie(&req, &jar.login_name(a)), Some("sealed-a"));
+        assert_eq!(cookie(&req, &jar.login_name(b)), Some("sealed-b"));
+        let mut names = jar.login_cookies(&req);
+        names.sort_unstable();
+        assert_eq!(names, [jar.login_name(a), jar.login_name(b)]);
+        // Signing out expires the session's chunks and every login cookie the browser sent.
+        let cleared: Vec<String> = jar
+            .clear_all(&req)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        for name in [jar.login_name(a), jar.login_name(b)] {
+            assert!(
+                cleared
+                    .iter()
+                    .any(|c| c.starts_with(&format!("{name}=; Path=/.portcullis/; Max-Age=0"))),
+                "{name} not expired: {cleared:?}"
+            );
+        }
+        assert!(cleared
+            .iter()
+            .any(|c| c.starts_with("_p=; Path=/; Max-Age=0")));
+    }
+
+    #[test]
+    fn only_states_portcullis_could_make_name_a_login_cookie() {
+        assert!(valid_state("AAAAAAAAAAAAAAAAAAAAAA"));
+        assert!(valid_state("abcDEF0123456789-_xyzw"));
+        for bad in [
+            "",
+            "short",
+            "a=b;cccccccccccccccccc",
+            "ééééééééééééééééééééé",
+            "a b cccccccccccccccccc",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_state(bad), "{bad:?}");
+        }
     }
 }

@@ -343,7 +343,7 @@ async fn session(
             Some(Arc::new(fresh))
         }
         None => {
-            cookies.extend(rt.auth.jar.clear_all());
+            cookies.extend(rt.auth.jar.clear_all(req.headers()));
             None
         }
     }

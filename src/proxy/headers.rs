@@ -229,7 +229,8 @@ pub fn request_headers(mut h: HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
     h
 }
 
-/// Is `name` one of the session's cookie names (`NAME`, its chunks `NAME_1`..., `NAME_csrf`)?
+/// Is `name` one of the session's cookie names (`NAME`, its chunks `NAME_1`..., the login
+/// cookies `NAME_csrf_STATE`)?
 fn is_session_cookie(cookie: &str, name: &str) -> bool {
     let n = cookie.split('=').next().unwrap_or("").trim();
     n == name
@@ -245,7 +246,7 @@ fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
         .is_ok_and(|s| s.split(';').any(|c| is_session_cookie(c, name)))
 }
 
-/// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookie `NAME_csrf`)
+/// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookies `NAME_csrf_*`)
 /// from a Cookie header; `None` if nothing is left.
 fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
     if !has_session_cookie(value, name) {
@@ -503,7 +504,7 @@ mod tests {
         h.insert(
             "cookie",
             HeaderValue::from_static(
-                "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullisx=keep",
+                "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; _portcullisx=keep",
             ),
         );
         let out = request_headers(h.clone(), &fw(&[]));

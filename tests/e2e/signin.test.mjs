@@ -89,7 +89,7 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal(session.httpOnly, true);
       assert.equal(session.sameSite, 'Lax');
       assert.equal(session.domain, 'app.test', 'host-only cookie');
-      assert.equal(cookies.some((c) => c.name === '_portcullis_csrf'), false, 'login cookie cleared');
+      assert.deepEqual((await context.cookies()).filter((c) => c.name.startsWith('_portcullis_csrf')), [], 'login cookie cleared');
       // Identity a client claims for itself never reaches the upstream, signed in or not.
       const cookie = await cookieHeader(context, s.app);
       const spoof = {
@@ -232,6 +232,35 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal((await p2.goto(callback, { waitUntil: 'domcontentloaded' })).status(), 400);
       assert.equal((await other.cookies(s.app)).some((c) => c.name === '_portcullis'), false);
       await other.close();
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('sign-ins started in two tabs at once both complete', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const logins = async () => (await context.cookies()).filter((c) => c.name.startsWith('_portcullis_csrf'));
+      const first = await context.newPage();
+      const second = await context.newPage();
+      for (const [page, path] of [[first, '/first'], [second, '/second']]) {
+        await page.goto(`${s.app}${path}`, { waitUntil: 'domcontentloaded' });
+        assert.match(page.url(), /^http:\/\/127\.0\.0\.1:\d+\/interaction\//);
+      }
+      const pending = await logins();
+      assert.equal(pending.length, 2, 'one login cookie per sign-in in progress');
+      for (const c of pending) assert.equal(c.path, '/.portcullis/');
+      // The tab that left first comes back first, and the other one still completes.
+      await idpLogin(first, 'alice');
+      assert.equal(first.url(), `${s.app}/first`);
+      assert.equal((await logins()).length, 1, 'the other tab keeps its login cookie');
+      await idpLogin(second, 'alice');
+      assert.equal(second.url(), `${s.app}/second`);
+      assert.equal(seen(await second.locator('body').innerText()).target, '/second');
+      assert.deepEqual(await logins(), [], 'every login cookie is used up');
       await context.close();
     } finally {
       await s.proxy.stop();
