@@ -507,6 +507,35 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_in_use_outlives_the_idle_timeout() {
+    let a = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ntimeout_idle: 400ms\ntimeout_read_header: 30s\nroutes:\n{}",
+        public_route("http://app.test", &a.url())
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request every 150 ms for 1.5 s, all on this one connection: never quiet for 400 ms.
+    for i in 0..10 {
+        let req = http::Request::get("/")
+            .header("host", "app.test")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = s.send_request(req).await;
+        assert!(resp.is_ok(), "request {i} on a busy connection: {resp:?}");
+        Reply::read(resp.unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Then quiet: closed within the idle timeout and a tick.
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(closed.is_ok(), "a quiet connection stayed open");
+}
+
+#[tokio::test]
 async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() {
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;

@@ -12,9 +12,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -354,7 +354,7 @@ async fn connection(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(AtomicU64::new(now_ms()));
+    let activity = Arc::new(AtomicU64::new(0));
     match acceptor {
         None => {
             let info = ConnInfo::new(peer, None, false);
@@ -433,6 +433,10 @@ async fn serve_http<I>(
     let idle = limits.idle_timeout;
     let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
     let mut closing = false;
+    // Quiet for `idle`: no bytes moved over that many ticks in a row (so between `idle` and
+    // `idle + tick` after the last byte).
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -446,7 +450,12 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep(tick), if !closing && !idle.is_zero() => {
-                let quiet = Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed)));
+                let now = activity.load(Ordering::Relaxed);
+                if now == seen {
+                    quiet += tick;
+                } else {
+                    (seen, quiet) = (now, Duration::ZERO);
+                }
                 if quiet >= idle {
                     // In-flight responses still finish: a graceful shutdown only stops new requests.
                     closing = true;
@@ -457,12 +466,8 @@ async fn serve_http<I>(
     }
 }
 
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Records when bytes last moved on a connection.
+/// Counts the reads and writes that moved bytes on a connection (the connection's idle check
+/// compares the count at each tick: no clock read per request).
 struct IdleIo<T> {
     inner: T,
     last: Arc<AtomicU64>,
@@ -470,7 +475,9 @@ struct IdleIo<T> {
 
 impl<T> IdleIo<T> {
     fn touch(&self) {
-        self.last.store(now_ms(), Ordering::Relaxed);
+        // Only this connection's task writes it: a load and a store, no locked instruction.
+        let n = self.last.load(Ordering::Relaxed);
+        self.last.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 }
 
