@@ -536,6 +536,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// Connects `n` times to `addr` and counts, per socket, the connections it accepted.
     fn spread(sockets: &[std::net::TcpListener], n: usize) -> Vec<usize> {

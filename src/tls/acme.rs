@@ -7,7 +7,7 @@
 //! restart serves the cached certificate without an order, and renewal happens at 2/3 of the
 //! certificate's lifetime (rustls-acme's schedule).
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::StreamExt;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -26,7 +26,8 @@ use crate::config::AutocertSettings;
 
 /// The ACME side of one host: its current rustls-acme state's resolver and its expiry.
 pub struct HostCert {
-    resolver: ArcSwap<ResolvesServerCertAcme>,
+    /// Installed by the host's task when it starts; none before (no certificate yet either).
+    resolver: ArcSwapOption<ResolvesServerCertAcme>,
     /// notAfter of the certificate in use (unix seconds); 0 before the first one.
     not_after: AtomicI64,
     /// When rustls-acme orders its renewal: at 2/3 of its lifetime (unix seconds); 0 before
@@ -35,10 +36,18 @@ pub struct HostCert {
 }
 
 impl HostCert {
+    fn new() -> HostCert {
+        HostCert {
+            resolver: ArcSwapOption::empty(),
+            not_after: AtomicI64::new(0),
+            renew_at: AtomicI64::new(0),
+        }
+    }
+
     /// The certificate for a handshake, or the TLS-ALPN-01 challenge certificate for a
     /// validation handshake; `None` while there is neither.
     pub fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.resolver.load().resolve(hello)
+        self.resolver.load().as_ref()?.resolve(hello)
     }
 }
 
@@ -79,7 +88,11 @@ impl Acme {
 
     /// The key authorization for an HTTP-01 challenge token, if an order is waiting for it.
     pub fn http01(&self, host: &str, token: &str) -> Option<String> {
-        self.get(host)?.resolver.load().get_http_01_key_auth(token)
+        self.get(host)?
+            .resolver
+            .load()
+            .as_ref()?
+            .get_http_01_key_auth(token)
     }
 
     /// (host, notAfter) of each certificate obtained so far, for metrics.
@@ -139,15 +152,7 @@ impl Acme {
             if current.contains_key(h) {
                 continue;
             }
-            let cert = Arc::new(HostCert {
-                resolver: ArcSwap::new(
-                    AcmeConfig::new_with_client_config([h.as_str()], client.clone())
-                        .state()
-                        .resolver(),
-                ),
-                not_after: AtomicI64::new(0),
-                renew_at: AtomicI64::new(0),
-            });
+            let cert = Arc::new(HostCert::new());
             let task = tokio::spawn(run(
                 h.clone(),
                 settings.clone(),
@@ -257,7 +262,7 @@ async fn run(
             })
             .challenge_type(challenge)
             .state();
-        cert.resolver.store(state.resolver());
+        cert.resolver.store(Some(state.resolver()));
         tracing::info!(%host, challenge = kind, directory = %s.directory, "ACME: checking the certificate (cached, or a new order)");
         loop {
             let quiet = quiet_allowed(
@@ -472,15 +477,7 @@ mod tests {
             http01: false,
         };
         let client = client_config(&settings).unwrap();
-        let cert = Arc::new(HostCert {
-            resolver: ArcSwap::new(
-                AcmeConfig::new_with_client_config(["a.test"], client.clone())
-                    .state()
-                    .resolver(),
-            ),
-            not_after: AtomicI64::new(0),
-            renew_at: AtomicI64::new(0),
-        });
+        let cert = Arc::new(HostCert::new());
         let order = tokio::spawn(run(
             "a.test".into(),
             settings.clone(),
@@ -523,25 +520,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DirStore {
             dir: dir.path().join("acme"),
-            cert: Arc::new(HostCert {
-                resolver: ArcSwap::new(
-                    AcmeConfig::new_with_client_config(
-                        ["a.test"],
-                        client_config(&AutocertSettings {
-                            directory: String::new(),
-                            contacts: vec![],
-                            dir: PathBuf::new(),
-                            trusted_ca_pem: None,
-                            http01: false,
-                        })
-                        .unwrap(),
-                    )
-                    .state()
-                    .resolver(),
-                ),
-                not_after: AtomicI64::new(0),
-                renew_at: AtomicI64::new(0),
-            }),
+            cert: Arc::new(HostCert::new()),
         };
         use rustls_acme::AccountCache;
         store
