@@ -81,7 +81,7 @@ routes:
           or:
             - domain: { is: example.com }
 `;
-const proxy = await startPortcullis({ dir, yaml, port, host: host === 'localhost' ? '127.0.0.1' : host });
+const proxy = await startPortcullis({ dir, yaml, port, host: host === 'localhost' ? '127.0.0.1' : host, waitForIdp: true });
 stops.unshift(() => proxy.stop());
 console.log(`
 Portcullis demo is running${echoMode ? ' (echo upstream)' : ' in front of the OpenClaw gateway'}.

@@ -75,7 +75,7 @@ describe('ID tokens Portcullis must not accept', () => {
     const idpPort = await freePort();
     idp = await startHostileIdp(idpPort);
     const dir = tmpdir('portcullis-forged-');
-    proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }) });
+    proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }), waitForIdp: true });
   });
   after(async () => { await proxy?.stop(); await idp?.close(); });
 
@@ -162,7 +162,7 @@ test('a code issued to another client, injected with our state, is not redeemed'
     redirectUris: [`https://app.test:${port}/.portcullis/callback`],
     postLogoutRedirectUris: [`https://app.test:${port}/.portcullis/signed_out`],
   });
-  const proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }) });
+  const proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }), waitForIdp: true });
   const browser = await launchBrowser();
   try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -126,7 +126,11 @@ export async function startEcho(name = 'echo') {
 }
 
 /** Runs the Portcullis binary on a config (YAML text) in `dir`; resolves once it listens. */
-export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0.0.1' }) {
+/**
+ * Starts the binary on `yaml` and waits for its port; with `waitForIdp`, also until it has
+ * discovered its IdP (discovery runs in the background, and until then a sign-in is a 503).
+ */
+export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0.0.1', waitForIdp = false }) {
   fs.mkdirSync(dir, { recursive: true });
   const cfg = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfg, yaml);
@@ -140,10 +144,9 @@ export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0
     if (process.env.E2E_VERBOSE) process.stderr.write(d);
   });
   const exited = once(child, 'exit');
-  await Promise.race([
-    waitForPort(port, host),
-    exited.then(([code]) => { throw new Error(`portcullis exited ${code}:\n${logs.join('')}`); }),
-  ]);
+  const died = exited.then(([code]) => { throw new Error(`portcullis exited ${code}:\n${logs.join('')}`); });
+  await Promise.race([waitForPort(port, host), died]);
+  if (waitForIdp) await Promise.race([waitForLog(logs, 'identity provider discovered', 20000), died]);
   return {
     port,
     logs,
@@ -155,6 +158,15 @@ export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0
       return code;
     },
   };
+}
+
+/** Resolves once a line containing `text` is in `logs` (rejects after `ms`). */
+async function waitForLog(logs, text, ms) {
+  const deadline = Date.now() + ms;
+  while (!logs.join('').includes(text)) {
+    if (Date.now() > deadline) throw new Error(`no "${text}" in the log after ${ms} ms:\n${logs.join('')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 const made = [];

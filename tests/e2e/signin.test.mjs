@@ -32,7 +32,7 @@ async function setup({ idTokenTtl = 3600, startIdpFirst = true } = {}) {
   };
   const idp = startIdpFirst ? await startIdp(idpOpts) : null;
   const yaml = config({ port, idpPort, echo: echo.url, dir });
-  const proxy = await startPortcullis({ dir, yaml, port });
+  const proxy = await startPortcullis({ dir, yaml, port, waitForIdp: startIdpFirst });
   return { port, idpPort, dir, yaml, idp, idpOpts, proxy, app: `https://app.test:${port}` };
 }
 
@@ -289,7 +289,7 @@ describe('sign-in with OpenID Connect', () => {
       await page.waitForSelector('input[name=login]', { timeout: 15000 });
       // Restart Portcullis on the same data_dir: the revocation is remembered.
       assert.equal(await s.proxy.stop(), 0, 'SIGTERM exits 0');
-      const again = await startPortcullis({ dir: s.dir, yaml: s.yaml, port: s.port });
+      const again = await startPortcullis({ dir: s.dir, yaml: s.yaml, port: s.port, waitForIdp: true });
       try {
         const r = await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
         assert.equal(r.status, 401, 'revocation forgotten across a restart');

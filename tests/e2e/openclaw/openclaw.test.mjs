@@ -88,6 +88,7 @@ before(async () => {
     dir,
     port,
     host: net.hostAddr,
+    waitForIdp: true,
     yaml: `address: ${net.hostAddr}:${port}
 data_dir: ${dir}/data
 cookie_secret: ${COOKIE_SECRET}
