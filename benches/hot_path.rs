@@ -23,6 +23,7 @@ fn identity() -> Identity {
         email_verified: Some(true),
         groups: vec!["staff".into(), "openclaw-admins".into(), "eng".into()],
         claims,
+        ..Default::default()
     }
 }
 

@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             email_verified: Some(true),
             groups: vec!["staff".into(), "openclaw-admins".into()],
             claims: Default::default(),
+            ..Default::default()
         }
         .into(),
         expires: now() + 24 * 3600,

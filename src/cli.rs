@@ -164,6 +164,7 @@ pub fn explain_text(
                 email_verified: Some(!args.unverified),
                 groups: args.groups.clone(),
                 claims,
+                ..Default::default()
             }))
         }
     };

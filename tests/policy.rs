@@ -46,6 +46,7 @@ fn identity(w: &Who) -> Identity {
         email_verified: w.verified,
         groups: w.groups.iter().map(|g| g.to_string()).collect(),
         claims,
+        ..Default::default()
     }
 }
 

@@ -28,6 +28,7 @@ fn cookie_for(host: &str, expires: u64) -> String {
             email_verified: Some(true),
             groups: vec!["staff".into()],
             claims: Default::default(),
+            ..Default::default()
         }
         .into(),
         expires,

@@ -515,5 +515,6 @@ pub fn identity_from(
         email_verified,
         groups,
         claims: out,
+        ..Default::default()
     })
 }

@@ -299,6 +299,7 @@ mod tests {
                 email_verified: Some(true),
                 groups: vec!["g".repeat(extra)],
                 claims: Default::default(),
+                ..Default::default()
             }
             .into(),
             expires,

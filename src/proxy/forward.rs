@@ -352,28 +352,33 @@ pub async fn send(
     route: &Route,
     _permitted: &Permitted,
     parts: http::request::Parts,
-    path_and_query: &str,
+    path_and_query: String,
     body: UpBody,
 ) -> Result<Response<UpResponseBody>, ProxyError> {
     let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
         let mut parts = parts;
+        let mut pq = path_and_query;
         let mut order = route.upstream_order().peekable();
         while let Some(up) = order.next() {
+            let last = order.peek().is_none();
+            // The last candidate takes the path and the parts (leaving empty ones behind);
+            // earlier ones get a copy for a fail-over.
             let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
-                http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
-                    path_and_query.as_bytes(),
-                ))
+                let this = if last {
+                    std::mem::take(&mut pq)
+                } else {
+                    pq.clone()
+                };
+                http::uri::PathAndQuery::from_maybe_shared(Bytes::from(this))
             } else {
-                format!("{}{}", up.base_path, path_and_query).parse()
+                format!("{}{}", up.base_path, pq).parse()
             }
             .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            // The last candidate takes the parts (leaving empty ones behind); earlier ones get a
-            // copy for a fail-over.
-            let this = if order.peek().is_some() {
-                parts.clone()
-            } else {
+            let this = if last {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            } else {
+                parts.clone()
             };
             let mut req = Request::from_parts(this, body.retry());
             *req.uri_mut() = Uri::from(path);

@@ -61,15 +61,23 @@ pub struct Shared {
     pub sockets: Arc<websocket::Registry>,
 }
 
-/// What a request accumulates on its way: access-log fields and cookies to set.
-#[derive(Default)]
-struct Ctx {
-    route: Option<String>,
-    host: String,
-    path: String,
-    user: Option<String>,
+/// What a request accumulates on its way: access-log fields and cookies to set. It borrows
+/// or shares what it logs (no copy per request).
+struct Ctx<'r> {
+    route: Option<&'r Route>,
+    target: Option<Target>,
+    user: Option<Arc<Identity>>,
     decision: &'static str,
     cookies: SetCookies,
+}
+
+impl Ctx<'_> {
+    /// Who the access log names: the email, else the subject.
+    fn user(&self) -> &str {
+        self.user
+            .as_deref()
+            .map_or("-", |i| i.email.as_deref().unwrap_or(&i.sub))
+    }
 }
 
 /// Outer handler: never fails; one access-log event per request.
@@ -83,8 +91,11 @@ pub async fn handle(
     let method = req.method().clone();
     let json = wants_json(req.headers());
     let mut cx = Ctx {
+        route: None,
+        target: None,
+        user: None,
         decision: "-",
-        ..Ctx::default()
+        cookies: SetCookies::default(),
     };
     let mut resp = match inner(&rt, &shared, &conn, req, &mut cx).await {
         Ok(r) => r,
@@ -100,7 +111,7 @@ pub async fn handle(
             .or_insert_with(|| v.clone());
     }
     shared.metrics.request(
-        cx.route.as_deref(),
+        cx.route.map(|r| r.name.as_str()),
         &method,
         resp.status().as_u16(),
         start.elapsed(),
@@ -109,15 +120,15 @@ pub async fn handle(
 
     tracing::info!(
         target: "portcullis::access",
-        route = cx.route.as_deref().unwrap_or("-"),
+        route = cx.route.map_or("-", |r| r.name.as_str()),
         method = %method,
-        host = %cx.host,
-        path = %cx.path,
+        host = cx.target.as_ref().map_or("", |t| t.host.as_str()),
+        path = cx.target.as_ref().map_or("", |t| t.path.as_str()),
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         bytes = http_body::Body::size_hint(resp.body()).exact().map_or_else(|| "-".to_string(), |n| n.to_string()),
 
-        user = cx.user.as_deref().unwrap_or("-"),
+        user = cx.user(),
         decision = cx.decision,
         peer = %conn.peer.ip(),
     );
@@ -147,12 +158,12 @@ fn is_own_path(path: &str) -> bool {
         || path.starts_with("/.well-known/portcullis/")
 }
 
-async fn inner(
-    rt: &Arc<Runtime>,
+async fn inner<'r>(
+    rt: &'r Arc<Runtime>,
     shared: &Shared,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    cx: &mut Ctx,
+    cx: &mut Ctx<'r>,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -178,26 +189,25 @@ async fn inner(
     }
     let target = target::parse(req.method(), req.uri(), h)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    cx.host.clone_from(&target.host);
-    cx.path.clone_from(&target.path);
+    let target: &Target = cx.target.insert(target);
     if let Some(sni) = &conn.sni {
         if *sni != target.host {
             return Err(ProxyError::Misdirected);
         }
     }
     if is_own_path(&target.path) {
-        return endpoints::serve(rt, shared, conn.https, &target, &req, &mut cx.cookies).await;
+        return endpoints::serve(rt, shared, conn.https, target, &req, &mut cx.cookies).await;
     }
     let route = rt
         .routes
         .find(&target.host, target.port, &target.path)
         .ok_or(ProxyError::NotFound)?;
-    cx.route = Some(route.name.clone());
+    cx.route = Some(route);
 
     let websocket = headers::is_websocket_upgrade(req.method(), req.headers());
     // Public routes never look at sessions (and never pay for them).
     let session = if route.policy.uses_identity {
-        session(rt, shared, &target, &req, &mut cx.cookies).await
+        session(rt, shared, target, &req, &mut cx.cookies).await
     } else {
         None
     };
@@ -206,9 +216,7 @@ async fn inner(
         Some(s) => (Some(s.id), Some(s.expires), Some(s.identity.clone())),
         None => (None, None, None),
     };
-    cx.user = identity
-        .as_ref()
-        .map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()));
+    cx.user.clone_from(&identity);
     // The scheme the browser sees is the route's (`from`), also behind a TLS terminator with
     // `insecure_server`: it decides the WebSocket origin, X-Forwarded-Proto and the assertion's `iss`.
     let facts = Facts {
@@ -228,7 +236,7 @@ async fn inner(
                 return endpoints::start_login(
                     rt,
                     https,
-                    &target,
+                    target,
                     target.path_and_query(&target.path),
                     &mut cx.cookies,
                 );
@@ -246,7 +254,7 @@ async fn inner(
         }
     };
     if websocket {
-        websocket::check(route, route.from.https, &target, req.headers())?;
+        websocket::check(route, route.from.https, target, req.headers())?;
     }
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -259,7 +267,7 @@ async fn inner(
         route.upstreams[0].host_header.clone()
     };
     let identity_headers = match (&permitted.identity, sid) {
-        (Some(id), Some(sid)) => identity_headers(rt, route, &target, route.from.https, id, &sid),
+        (Some(id), Some(sid)) => identity_headers(rt, route, target, route.from.https, id, &sid),
         _ => Vec::new(),
     };
     parts.headers = headers::request_headers(
@@ -282,7 +290,7 @@ async fn inner(
     } else {
         UpBody::new(body)
     };
-    let mut resp = forward::send(route, &permitted, parts, &pq, body).await?;
+    let mut resp = forward::send(route, &permitted, parts, pq, body).await?;
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
@@ -371,19 +379,31 @@ fn identity_headers(
     {
         out.push((ASSERTION, v));
     }
-    let mut push = |name: HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
-        Ok(v) => out.push((name, v)),
-        Err(_) => tracing::warn!(header = %name, "claim value cannot be a header; not sent"),
-    };
+    // Email, subject and groups are made once per identity and shared (no copy per request).
+    let made = id.header_values();
     if route.pass_identity_headers {
-        if let Some(e) = &id.email {
-            push(CLAIM_EMAIL, e);
+        if let Some(v) = &made.email {
+            out.push((CLAIM_EMAIL, v.clone()));
         }
-        push(CLAIM_GROUPS, &id.groups.join(","));
+        if let Some(v) = &made.groups {
+            out.push((CLAIM_GROUPS, v.clone()));
+        }
     }
     for (name, claim) in &route.jwt_claims_headers {
-        if let Some(v) = claim_value(id, claim) {
-            push(name.clone(), &v);
+        let value = match claim.as_str() {
+            "email" => made.email.clone(),
+            "sub" | "user" => made.sub.clone(),
+            "groups" => made.groups.clone(),
+            other => claim_value(id, other).and_then(|v| match HeaderValue::from_str(&v) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(header = %name, "claim value cannot be a header; not sent");
+                    None
+                }
+            }),
+        };
+        if let Some(v) = value {
+            out.push((name.clone(), v));
         }
     }
     out
@@ -406,9 +426,9 @@ pub fn claim_value(id: &Identity, claim: &str) -> Option<String> {
 }
 
 /// Applies `prefix_rewrite`: the matched prefix (or `/`) is replaced.
-fn rewrite(route: &Route, path: &str) -> String {
+fn rewrite<'p>(route: &Route, path: &'p str) -> std::borrow::Cow<'p, str> {
     let Some(rw) = &route.prefix_rewrite else {
-        return path.to_string();
+        return path.into();
     };
     let prefix = match &route.path {
         PathMatch::Prefix(p) => p.as_str(),
@@ -420,4 +440,5 @@ fn rewrite(route: &Route, path: &str) -> String {
         (false, false) if !rest.is_empty() && prefix.ends_with('/') => format!("{rw}/{rest}"),
         _ => format!("{rw}{rest}"),
     }
+    .into()
 }
