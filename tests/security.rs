@@ -495,17 +495,21 @@ async fn client_address_headers_never_satisfy_source_ip() {
     assert_eq!(get(p2.addr(), "app.test", "/", &[]).await.status, 200);
 }
 
-#[tokio::test]
-async fn callback_parameters_are_bounded_before_any_work() {
-    let a = Echo::start("a").await;
-    // A real-looking sign-in set-up whose IdP nobody answers for: nothing here may wait on it.
-    let p = Proxy::start(&format!(
+/// A real-looking sign-in set-up whose IdP nobody answers for: nothing may wait on it.
+async fn unanswered_idp(a: &Echo) -> Proxy {
+    Proxy::start(&format!(
         "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\n\
          idp_provider_url: http://127.0.0.1:9\nidp_client_id: c\nidp_client_secret: s\nroutes:\n\
          \x20 - from: http://app.test\n    to: {}\n    allow_any_authenticated_user: true\n",
         a.url()
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn callback_parameters_are_bounded_before_any_work() {
+    let a = Echo::start("a").await;
+    let p = unanswered_idp(&a).await;
     let long = "a".repeat(5000);
     for q in [
         format!("code={long}&state=s"),
@@ -530,13 +534,7 @@ async fn callback_parameters_are_bounded_before_any_work() {
 #[tokio::test]
 async fn a_callback_uses_up_only_its_own_login_cookie_and_login_cookies_stay_bounded() {
     let a = Echo::start("a").await;
-    let p = Proxy::start(&format!(
-        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\n\
-         idp_provider_url: http://127.0.0.1:9\nidp_client_id: c\nidp_client_secret: s\nroutes:\n\
-         \x20 - from: http://app.test\n    to: {}\n    allow_any_authenticated_user: true\n",
-        a.url()
-    ))
-    .await;
+    let p = unanswered_idp(&a).await;
     let state = |i: usize| format!("{i:0>22}");
     let logins = |n: usize| -> String {
         (0..n)
