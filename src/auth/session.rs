@@ -134,11 +134,11 @@ impl CookieJar {
         format!("{}_csrf_{state}", self.name)
     }
 
-    /// Names of the login cookies a request carries (any state).
+    /// Names of the login cookies a request carries (any state Portcullis could have made).
     pub fn login_cookies<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
         let prefix = format!("{}_csrf_", self.name);
         cookie_pairs(headers)
-            .filter(|(k, _)| k.starts_with(&prefix) && k.len() > prefix.len())
+            .filter(|(k, _)| k.strip_prefix(&prefix).is_some_and(valid_state))
             .map(|(k, _)| k)
             .collect()
     }
@@ -432,7 +432,7 @@ mod tests {
         let mut req = request_with(&set);
         req.append(
             COOKIE,
-            HeaderValue::from_static("_p=s; _p_1=t; _p_csrf=old; other=x"),
+            HeaderValue::from_static("_p=s; _p_1=t; _p_csrf=old; _p_csrf_a b=x; other=x"),
         );
         assert_eq!(cookie(&req, &jar.login_name(a)), Some("sealed-a"));
         assert_eq!(cookie(&req, &jar.login_name(b)), Some("sealed-b"));
