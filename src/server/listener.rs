@@ -360,7 +360,7 @@ async fn connection(
             let info = ConnInfo::new(peer, None, false);
             let io = IdleIo {
                 inner: tcp,
-                last: activity.clone(),
+                moves: activity.clone(),
             };
             serve_http(io, info, shared, limits, shutdown, activity).await;
         }
@@ -390,7 +390,7 @@ async fn connection(
             let info = ConnInfo::new(peer, sni, true);
             let io = IdleIo {
                 inner: tls,
-                last: activity.clone(),
+                moves: activity.clone(),
             };
             serve_http(io, info, shared, limits, shutdown, activity).await;
         }
@@ -470,14 +470,14 @@ async fn serve_http<I>(
 /// compares the count at each tick: no clock read per request).
 struct IdleIo<T> {
     inner: T,
-    last: Arc<AtomicU64>,
+    moves: Arc<AtomicU64>,
 }
 
 impl<T> IdleIo<T> {
     fn touch(&self) {
         // Only this connection's task writes it: a load and a store, no locked instruction.
-        let n = self.last.load(Ordering::Relaxed);
-        self.last.store(n.wrapping_add(1), Ordering::Relaxed);
+        let n = self.moves.load(Ordering::Relaxed);
+        self.moves.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 }
 
