@@ -379,9 +379,9 @@ fn identity_headers(
     {
         out.push((ASSERTION, v));
     }
-    // Email, subject and groups are made once per identity and shared (no copy per request).
-    let made = id.header_values();
     if route.pass_identity_headers {
+        // Made once per identity and shared (no copy per request).
+        let made = id.header_values();
         if let Some(v) = &made.email {
             out.push((CLAIM_EMAIL, v.clone()));
         }
@@ -390,38 +390,35 @@ fn identity_headers(
         }
     }
     for (name, claim) in &route.jwt_claims_headers {
-        let value = match claim.as_str() {
-            "email" => made.email.clone(),
-            "sub" | "user" => made.sub.clone(),
-            "groups" => made.groups.clone(),
-            other => claim_value(id, other).and_then(|v| match HeaderValue::from_str(&v) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    tracing::warn!(header = %name, "claim value cannot be a header; not sent");
-                    None
-                }
-            }),
-        };
-        if let Some(v) = value {
+        if let Some(v) = claim_header(id, claim) {
             out.push((name.clone(), v));
         }
     }
     out
 }
 
-/// A claim by name for `jwt_claims_headers`: `email`, `sub`/`user`, `groups`, `iss`,
-/// `issuer_subject` (`ISSUER#SUBJECT`, immutable and unique), or any claim the IdP sent.
-pub fn claim_value(id: &Identity, claim: &str) -> Option<String> {
-    match claim {
-        "email" => id.email.clone(),
-        "sub" | "user" => Some(id.sub.clone()),
-        "groups" => Some(id.groups.join(",")),
-        "iss" => Some(id.iss.clone()),
-        "issuer_subject" => Some(format!("{}#{}", id.iss, id.sub)),
+/// A claim by name as a header value for `jwt_claims_headers`: `email`, `sub`/`user`, `groups`
+/// (made once per identity and shared), `iss`, `issuer_subject` (`ISSUER#SUBJECT`, immutable
+/// and unique), or any claim the IdP sent. `None`: absent, or not a valid header value.
+pub fn claim_header(id: &Identity, claim: &str) -> Option<HeaderValue> {
+    let made = id.header_values();
+    let text = match claim {
+        "email" => return made.email.clone(),
+        "sub" | "user" => return made.sub.clone(),
+        "groups" => return made.groups.clone(),
+        "iss" => id.iss.clone(),
+        "issuer_subject" => format!("{}#{}", id.iss, id.sub),
         other => match id.claims.get(other)? {
-            policy::ClaimValue::Str(s) => Some(s.clone()),
-            policy::ClaimValue::List(l) => Some(l.join(",")),
+            policy::ClaimValue::Str(s) => s.clone(),
+            policy::ClaimValue::List(l) => l.join(","),
         },
+    };
+    match HeaderValue::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::warn!(claim, "claim value cannot be a header; not sent");
+            None
+        }
     }
 }
 
