@@ -1,29 +1,33 @@
-//! The upstream side: pooled keep-alive connections (HTTP/1.1, plain or TLS) that each request
-//! drives itself, round-robin
-//! over a route's `to` URLs with fail-over on refused connections, timeouts → 502/504.
+//! The upstream side: pooled keep-alive HTTP/1.1 connections (plain or TLS) that each request
+//! drives itself, round-robin over a route's `to` URLs with fail-over on refused connections,
+//! timeouts → 502/504.
 
-use bytes::Bytes;
-use http::{Request, Response, Uri};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tower_service::Service;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::io::poll_read_buf;
 
 use super::error::ProxyError;
+use super::h1::{self, Chunk, Chunked, Framing, ReqFraming};
+use super::BoxError;
 use crate::policy::eval::Permitted;
 use crate::route::{Route, Upstream};
 use crate::server::workers::PerWorker;
@@ -51,10 +55,73 @@ fn default_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
-/// Boxed once when connected: the pool, the request and the response body then move a
-/// pointer instead of the connection's state and buffers (~1.8 KB) on every request.
-type Conn = Box<http1::Connection<Io, UpBody>>;
+/// How long making a connection (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer room asked for before each read.
+const READ_ROOM: usize = 8 * 1024;
+
+/// A connection to an upstream.
+pub enum UpIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write(cx, b),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection and what has been read from it but not used yet.
+struct UpConn {
+    io: UpIo,
+    buf: BytesMut,
+}
+
+impl UpConn {
+    /// Reads more into the buffer; `Ok(0)`: the upstream closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
+            self.buf.reserve(READ_ROOM);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// An idle connection is fit for a request when nothing has arrived on it: no bytes (the
+    /// previous response ended where its framing said) and no end (the upstream closed it).
+    async fn fit(&mut self) -> bool {
+        self.buf.is_empty()
+            && std::future::poll_fn(|cx| Poll::Ready(self.poll_fill(cx).is_pending())).await
+    }
+}
 
 /// Keep-alive connections waiting for their next request, by upstream — one set per
 /// connection worker (`server::workers`). A connection is registered with the I/O driver of
@@ -67,8 +134,7 @@ struct Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpBody>,
-    conn: Conn,
+    conn: UpConn,
     since: Instant,
 }
 
@@ -78,12 +144,11 @@ const IDLE_FOR: Duration = Duration::from_secs(60);
 const IDLE_MAX: usize = 128;
 
 impl Pool {
-    fn put(&self, key: Arc<str>, sender: http1::SendRequest<UpBody>, conn: Conn) {
+    fn put(&self, key: Arc<str>, conn: UpConn) {
         if let Ok(mut idle) = self.idle.get().lock() {
             let list = idle.entry(key).or_default();
             if list.len() < IDLE_MAX {
                 list.push(Idle {
-                    sender,
                     conn,
                     since: Instant::now(),
                 });
@@ -91,12 +156,12 @@ impl Pool {
         }
     }
 
-    fn take(&self, key: &str) -> Option<Idle> {
+    fn take(&self, key: &str) -> Option<UpConn> {
         let mut idle = self.idle.get().lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(i) = list.pop() {
             if i.since.elapsed() < IDLE_FOR {
-                return Some(i);
+                return Some(i.conn);
             }
         }
         None
@@ -105,13 +170,15 @@ impl Pool {
 
 /// A pooled client for one route's upstreams (HTTP/1.1, plain or TLS).
 ///
-/// Unlike a client that runs each connection in a task of its own, a request here drives its
-/// upstream connection itself — while waiting for the response headers, then from the response
-/// body as the downstream connection reads it — so a proxied request makes no cross-task
-/// hand-off (bench/README.md). The connection goes back to the pool when the body has ended.
-/// WebSocket upgrades get a fresh connection in a task of its own.
+/// A request drives its upstream connection itself — writing the request, reading the
+/// response head, then reading the body as the downstream connection asks for it — with the
+/// framing done by `h1`: no task per connection and no channel between the request and its
+/// connection (bench/README.md). The connection goes back to the pool when the response has
+/// ended where its framing said and the request was sent whole. WebSocket upgrades get a fresh
+/// connection run by hyper's client in a task of its own.
 pub struct UpstreamClient {
-    connector: HttpsConnector<HttpConnector>,
+    tls: TlsConnector,
+    server_name: Option<ServerName<'static>>,
     pool: Arc<Pool>,
 }
 
@@ -120,7 +187,7 @@ impl UpstreamClient {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
-        let config = if tls.skip_verify {
+        let mut config = if tls.skip_verify {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
@@ -132,42 +199,86 @@ impl UpstreamClient {
             };
             builder.with_root_certificates(roots).with_no_client_auth()
         };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let b = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http();
-        let b = match &tls.server_name {
-            Some(n) => b.with_server_name_resolver(FixedServerNameResolver::new(n.clone())),
-            None => b,
-        };
-        let connector = b.enable_http1().wrap_connector(http);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamClient {
-            connector,
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name: tls.server_name.clone(),
             pool: Arc::default(),
         })
     }
 
-    async fn connect(&self, up: &Upstream) -> Result<(http1::SendRequest<UpBody>, Conn), Failure> {
-        let target = Uri::builder()
-            .scheme(up.scheme.clone())
-            .authority(up.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| Failure::Connect(e.to_string()))?;
-        let io = self
-            .connector
-            .clone()
-            .call(target)
+    async fn connect(&self, up: &Upstream) -> Result<UpConn, Failure> {
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, self.open(up))
             .await
-            .map_err(|e| Failure::Connect(error_chain(&*e)))?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
+            .map_err(|_| Failure::Connect("connection timed out".into()))?
+            .map_err(|e| Failure::Connect(error_chain(&e)))?;
+        Ok(UpConn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    async fn open(&self, up: &Upstream) -> io::Result<UpIo> {
+        let https = up.scheme == http::uri::Scheme::HTTPS;
+        let host = up.authority.host();
+        let port = up
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let mut last = None;
+        let mut tcp = None;
+        for addr in tokio::net::lookup_host((bare, port)).await? {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = match (tcp, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the name has no address",
+                ))
+            }
+        };
+        tcp.set_nodelay(true)?;
+        if !https {
+            return Ok(UpIo::Plain(tcp));
+        }
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(bare.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        let tls = self.tls.connect(name, tcp).await?;
+        Ok(UpIo::Tls(Box::new(tls)))
+    }
+
+    /// A WebSocket upgrade: a fresh connection in a task of its own, run by hyper's client.
+    async fn upgrade(
+        &self,
+        up: &Upstream,
+        req: Request<UpBody>,
+    ) -> Result<Response<UpResponseBody>, Failure> {
+        let conn = self.connect(up).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(conn.io))
             .await
             .map_err(|e| Failure::Connect(error_chain(&e)))?;
-        Ok((sender, Box::new(conn)))
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| Failure::Sent(error_chain(&e)))?;
+        Ok(resp.map(UpResponseBody::Upgrade))
     }
 
     /// One request on a pooled or new connection; the response's body drives the connection.
@@ -175,60 +286,71 @@ impl UpstreamClient {
         &self,
         up: &Upstream,
         req: Request<UpBody>,
-        upgrade: bool,
         retryable: bool,
     ) -> Result<Response<UpResponseBody>, Failure> {
-        if upgrade {
-            let (mut sender, conn) = self.connect(up).await?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| Failure::Sent(error_chain(&e)))?;
-            return Ok(resp.map(|body| UpResponseBody { body, driver: None }));
-        }
+        let (parts, body) = req.into_parts();
+        let framing = h1::request_framing(
+            &parts.method,
+            body.is_end_stream(),
+            body.size_hint().exact(),
+        );
+        let mut head = BytesMut::new();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        h1::encode_request(&parts.method, pq, &parts.headers, framing, &mut head);
+        let head = head.freeze();
+        let head_request = parts.method == http::Method::HEAD;
+        // Safe to send again when the upstream closed a reused connection without a word: it
+        // then saw at most a request it did not act on (RFC 9110 §9.2.2).
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+        ) && framing == ReqFraming::None;
         let key = &up.pool_key;
-        let mut req = req;
-        // A pooled connection the upstream has closed meanwhile fails before anything is
-        // sent: then the request goes on a new connection.
-        while let Some(idle) = self.pool.take(key) {
-            let (mut sender, mut conn) = (idle.sender, idle.conn);
-            if !ready(&mut sender, &mut conn).await {
+        while let Some(mut conn) = self.pool.take(key) {
+            if !conn.fit().await {
                 continue;
             }
-            match exchange(sender, conn, req).await {
-                Ok(done) => return Ok(self.wrap(key, done)),
-                Err((Some(back), e)) if retryable => {
-                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
-                    req = back;
+            let writer = Writer::new(head.clone(), body.retry(), framing);
+            match exchange(conn, writer).await {
+                Ok((resp, ex)) => return self.wrap(key, resp, ex, head_request),
+                Err(e) if retryable && body.unread() && (e.unsent || (idempotent && e.silent)) => {
+                    tracing::debug!(error = %e.msg, "pooled upstream connection was closed; retrying on a new one");
                 }
-                Err((_, e)) => return Err(Failure::Sent(e)),
+                Err(e) => return Err(Failure::Sent(e.msg)),
             }
         }
-        let (sender, conn) = self.connect(up).await?;
-        match exchange(sender, conn, req).await {
-            Ok(done) => Ok(self.wrap(key, done)),
-            Err((_, e)) => Err(Failure::Sent(e)),
+        let conn = self.connect(up).await?;
+        match exchange(conn, Writer::new(head, body, framing)).await {
+            Ok((resp, ex)) => self.wrap(key, resp, ex, head_request),
+            Err(e) => Err(Failure::Sent(e.msg)),
         }
     }
 
-    fn wrap(&self, key: &Arc<str>, done: Exchanged) -> Response<UpResponseBody> {
-        let (resp, sender, conn) = done;
-        let mut driver = Some(Driver {
-            sender,
-            conn,
+    fn wrap(
+        &self,
+        key: &Arc<str>,
+        resp: Response<()>,
+        ex: Exchange,
+        head_request: bool,
+    ) -> Result<Response<UpResponseBody>, Failure> {
+        let (framing, keep_alive) =
+            h1::response_framing(head_request, &resp).map_err(|e| Failure::Sent(e.to_string()))?;
+        let mut body = RawBody {
+            ex: Some(ex),
+            state: match framing {
+                Framing::Length(n) => BodyState::Length(n),
+                Framing::Chunked => BodyState::Chunked(Chunked::default()),
+                Framing::Close => BodyState::Close,
+            },
+            keep_alive,
             pool: Arc::downgrade(&self.pool),
             key: key.clone(),
-        });
+        };
         // A response without a body may never be polled: the connection is free now.
-        if resp.body().is_end_stream() {
-            if let Some(d) = driver.take() {
-                d.give_back();
-            }
+        if matches!(body.state, BodyState::Length(0)) {
+            body.finish();
         }
-        resp.map(|body| UpResponseBody { body, driver })
+        Ok(resp.map(|()| UpResponseBody::Raw(body)))
     }
 }
 
@@ -239,110 +361,360 @@ enum Failure {
     Sent(String),
 }
 
-type Exchanged = (Response<Incoming>, http1::SendRequest<UpBody>, Conn);
+/// Why an exchange failed, and whether the request may go out again on another connection.
+struct ExchangeError {
+    msg: String,
+    /// No byte of the request was written.
+    unsent: bool,
+    /// The upstream closed the connection without sending a byte.
+    silent: bool,
+}
 
-/// Polls the connection until it is ready for a request; false if it has closed.
-async fn ready(sender: &mut http1::SendRequest<UpBody>, conn: &mut Conn) -> bool {
-    let check = std::future::poll_fn(|cx| {
-        if Pin::new(&mut *conn).poll(cx).is_ready() {
-            return Poll::Ready(false);
+/// The request on its way out: the head, then the body as the client sends it, framed.
+struct Writer {
+    /// Bytes not written yet.
+    out: Bytes,
+    body: Option<UpBody>,
+    chunked: bool,
+    /// With a `Content-Length`: body bytes still due.
+    left: u64,
+    /// Written since the last flush.
+    unflushed: bool,
+    wrote: bool,
+    /// Writing failed; the response may still be read.
+    failed: bool,
+}
+
+enum WriteError {
+    Io(io::Error),
+    /// The client's body failed or did not match its length.
+    Body(String),
+}
+
+impl Writer {
+    fn new(head: Bytes, body: UpBody, framing: ReqFraming) -> Writer {
+        let (body, left) = match framing {
+            ReqFraming::None => (None, 0),
+            ReqFraming::Length(n) => ((n > 0).then_some(body), n),
+            ReqFraming::Chunked => (Some(body), 0),
+        };
+        Writer {
+            out: head,
+            body,
+            chunked: framing == ReqFraming::Chunked,
+            left,
+            unflushed: false,
+            wrote: false,
+            failed: false,
         }
-        sender.poll_ready(cx).map(|r| r.is_ok())
-    });
-    let mut check = std::pin::pin!(check);
-    // Usually ready at the first poll: no timer for that.
-    match std::future::poll_fn(|cx| Poll::Ready(check.as_mut().poll(cx))).await {
-        Poll::Ready(ok) => ok,
-        Poll::Pending => tokio::time::timeout(Duration::from_secs(1), check)
-            .await
-            .unwrap_or(false),
+    }
+
+    /// The whole request has been written and flushed.
+    fn done(&self) -> bool {
+        !self.failed && self.out.is_empty() && self.body.is_none() && !self.unflushed
+    }
+
+    /// Writes what it can; ready when the whole request is out.
+    fn poll(&mut self, io: &mut UpIo, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        loop {
+            if !self.out.is_empty() {
+                let n =
+                    ready!(Pin::new(&mut *io).poll_write(cx, &self.out)).map_err(WriteError::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                self.out.advance(n);
+                self.wrote = true;
+                self.unflushed = true;
+                continue;
+            }
+            if let Some(body) = &mut self.body {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if self.chunked {
+                            let mut out = BytesMut::with_capacity(data.len() + 20);
+                            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                            self.out = out.freeze();
+                        } else {
+                            let n = data.len() as u64;
+                            if n > self.left {
+                                return Poll::Ready(Err(WriteError::Body(
+                                    "the request body is longer than its length".into(),
+                                )));
+                            }
+                            self.left -= n;
+                            self.out = data;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(WriteError::Body(error_chain(&e))))
+                    }
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        if self.chunked {
+                            self.out = Bytes::from_static(b"0\r\n\r\n");
+                        } else if self.left != 0 {
+                            return Poll::Ready(Err(WriteError::Body(
+                                "the request body ended before its length".into(),
+                            )));
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {
+                        if self.unflushed {
+                            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if self.unflushed {
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                self.unflushed = false;
+            }
+            return Poll::Ready(Ok(()));
+        }
     }
 }
 
-/// Sends the request and drives the connection until the response headers arrive. On a
-/// failure before the request was sent, the request comes back for another try.
-async fn exchange(
-    mut sender: http1::SendRequest<UpBody>,
-    mut conn: Conn,
-    req: Request<UpBody>,
-) -> Result<Exchanged, (Option<Request<UpBody>>, String)> {
-    let mut fut = std::pin::pin!(sender.try_send_request(req));
-    let mut conn_done = false;
+/// One request and its response on one connection.
+struct Exchange {
+    conn: UpConn,
+    writer: Writer,
+    /// Why writing the request failed, if it did.
+    write_error: Option<String>,
+}
+
+impl Exchange {
+    /// Moves the request on; a failed write leaves the response to be read, unless the
+    /// client's body failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), String> {
+        if self.writer.failed || self.writer.done() {
+            return Ok(());
+        }
+        match self.writer.poll(&mut self.conn.io, cx) {
+            Poll::Ready(Err(WriteError::Body(e))) => {
+                self.writer.failed = true;
+                Err(e)
+            }
+            Poll::Ready(Err(WriteError::Io(e))) => {
+                self.writer.failed = true;
+                self.write_error = Some(e.to_string());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes the request and reads the response head (1xx interim responses skipped).
+async fn exchange(conn: UpConn, writer: Writer) -> Result<(Response<()>, Exchange), ExchangeError> {
+    let mut ex = Exchange {
+        conn,
+        writer,
+        write_error: None,
+    };
+    let mut heard = false;
     let resp = std::future::poll_fn(|cx| {
-        if !conn_done && Pin::new(&mut conn).poll(cx).is_ready() {
-            conn_done = true;
+        let fail = |msg: String, heard: bool, ex: &Exchange| ExchangeError {
+            msg: match &ex.write_error {
+                Some(w) => format!("{msg} (writing the request: {w})"),
+                None => msg,
+            },
+            unsent: !ex.writer.wrote,
+            silent: !heard,
+        };
+        if let Err(e) = ex.poll_write(cx) {
+            return Poll::Ready(Err(fail(e, heard, &ex)));
         }
-        fut.as_mut().poll(cx)
+        loop {
+            if !ex.conn.buf.is_empty() {
+                heard = true;
+                match h1::parse_head(&mut ex.conn.buf) {
+                    Err(e) => return Poll::Ready(Err(fail(e.to_string(), heard, &ex))),
+                    Ok(Some(r)) if r.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        return Poll::Ready(Err(fail(
+                            "the upstream switched protocols unasked".into(),
+                            heard,
+                            &ex,
+                        )))
+                    }
+                    Ok(Some(r)) if r.status().is_informational() => continue,
+                    Ok(Some(r)) => return Poll::Ready(Ok(r)),
+                    Ok(None) => {}
+                }
+            }
+            match ex.conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(fail(
+                        "the upstream closed the connection before a response".into(),
+                        heard,
+                        &ex,
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(error_chain(&e), heard, &ex))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     })
-    .await;
-    match resp {
-        Ok(r) => Ok((r, sender, conn)),
-        Err(mut e) => {
-            let back = e.take_message();
-            Err((back, error_chain(e.error())))
-        }
-    }
+    .await?;
+    Ok((resp, ex))
 }
 
-/// The upstream response body; while it is read it also drives its connection, which goes
-/// back to the pool when the body has ended.
-pub struct UpResponseBody {
-    body: Incoming,
-    driver: Option<Driver>,
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
 }
 
-struct Driver {
-    sender: http1::SendRequest<UpBody>,
-    conn: Conn,
+/// A response body read from its connection as the downstream connection asks for it; the
+/// connection goes back to the pool when it has ended cleanly.
+pub struct RawBody {
+    ex: Option<Exchange>,
+    state: BodyState,
+    keep_alive: bool,
     pool: std::sync::Weak<Pool>,
     key: Arc<str>,
 }
 
-impl Driver {
-    fn give_back(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.key, self.sender, self.conn);
+impl RawBody {
+    /// The body has ended: the connection goes back to the pool if the request went out
+    /// whole, the response ended where its framing said, and nothing else arrived.
+    fn finish(&mut self) {
+        let Some(ex) = self.ex.take() else {
+            return;
+        };
+        let clean = match &self.state {
+            BodyState::Length(n) => *n == 0,
+            BodyState::Chunked(c) => c.is_end(),
+            BodyState::Close => false,
+        };
+        if self.keep_alive && clean && ex.writer.done() && ex.conn.buf.is_empty() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.put(self.key.clone(), ex.conn);
+            }
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
+        let Some(ex) = self.ex.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Err(e) = ex.poll_write(cx) {
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        loop {
+            let buf = &mut ex.conn.buf;
+            match &mut self.state {
+                BodyState::Length(0) => return Poll::Ready(None),
+                BodyState::Length(n) if !buf.is_empty() => {
+                    let take = buf.len().min(usize::try_from(*n).unwrap_or(usize::MAX));
+                    *n -= take as u64;
+                    return Poll::Ready(Some(Ok(buf.split_to(take).freeze())));
+                }
+                BodyState::Chunked(c) => match c.decode(buf) {
+                    Ok(Chunk::Data(b)) => return Poll::Ready(Some(Ok(b))),
+                    Ok(Chunk::End) => return Poll::Ready(None),
+                    Ok(Chunk::NeedMore) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                },
+                BodyState::Close if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                }
+                _ => {}
+            }
+            match ready!(ex.conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.state, BodyState::Close) => return Poll::Ready(None),
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(
+                        "the upstream closed the connection mid-body".into()
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
         }
     }
 }
 
-impl HttpBody for UpResponseBody {
+impl HttpBody for RawBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(d) = &mut this.driver {
-            if Pin::new(&mut d.conn).poll(cx).is_ready() {
-                // Closed (or `Connection: close`): what it read is in the body already.
-                this.driver = None;
-            }
+        let r = this.poll_data(cx);
+        match &r {
+            // A reader that knows the length stops at the last byte without asking for the
+            // end: the connection is free as soon as the body has ended either way.
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if matches!(this.state, BodyState::Length(0)) => this.finish(),
+            Poll::Ready(Some(Err(_))) => this.ex = None,
+            _ => {}
         }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        // A reader that knows the length stops at the last byte without asking for the end:
-        // the connection is free as soon as the body has ended either way.
-        let ended = match &r {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            _ => false,
-        };
-        if ended {
-            if let Some(d) = this.driver.take() {
-                d.give_back();
-            }
-        }
-        r
+        r.map(|o| o.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.ex.is_none() || matches!(self.state, BodyState::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The upstream response body: read by the request itself, or hyper's for an upgrade.
+// Nearly every response is `Raw`: boxing it would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum UpResponseBody {
+    Raw(RawBody),
+    Upgrade(Incoming),
+}
+
+impl HttpBody for UpResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpResponseBody::Raw(b) => Pin::new(b).poll_frame(cx),
+            UpResponseBody::Upgrade(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpResponseBody::Raw(b) => b.is_end_stream(),
+            UpResponseBody::Upgrade(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpResponseBody::Raw(b) => b.size_hint(),
+            UpResponseBody::Upgrade(b) => b.size_hint(),
+        }
     }
 }
 
@@ -381,13 +753,18 @@ pub async fn send(
                 parts.clone()
             };
             let mut req = Request::from_parts(this, body.retry());
-            *req.uri_mut() = Uri::from(path);
+            *req.uri_mut() = http::Uri::from(path);
             *req.version_mut() = http::Version::HTTP_11;
             if !route.preserve_host_header {
                 req.headers_mut()
                     .insert(http::header::HOST, up.host_header.clone());
             }
-            match route.client.request(up, req, upgrade, body.unread()).await {
+            let sent = if upgrade {
+                route.client.upgrade(up, req).await
+            } else {
+                route.client.request(up, req, body.unread()).await
+            };
+            match sent {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::Connect(e)) => {
                     tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream connection failed");

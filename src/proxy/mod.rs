@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod handle;
 pub mod headers;
 pub mod relay;
