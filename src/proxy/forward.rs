@@ -346,6 +346,14 @@ impl UpstreamClient {
             pool: Arc::downgrade(&self.pool),
             key: key.clone(),
         };
+        // The downstream connection's version is its own: an HTTP/1.0 upstream must not
+        // make the client's keep-alive connection close.
+        let mut resp = resp;
+        *resp.version_mut() = http::Version::HTTP_11;
+        if framing == Framing::Chunked {
+            // Sent beside `Transfer-Encoding`, it is not the length (RFC 9112 §6.3).
+            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         // A response without a body may never be polled: the connection is free now.
         if matches!(body.state, BodyState::Length(0)) {
             body.finish();

@@ -20,6 +20,7 @@ pub use portcullis::config::MapEnv;
 
 #[path = "../../examples/echo.rs"]
 mod echo;
+#[allow(unused_imports)]
 pub use echo::{Echo, Seen};
 
 /// A running Portcullis built from YAML text.

@@ -1,0 +1,442 @@
+//! The upstream HTTP/1.1 client (`proxy::h1`, `proxy::forward`) against a scripted upstream
+//! that answers with exact bytes: framing, interim responses, connection reuse, and the
+//! responses that must never poison a pooled connection.
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request as the upstream received it: which connection (numbered from 0), the head and
+/// the body (chunked bodies left as they came).
+#[derive(Debug, Clone)]
+struct Got {
+    conn: usize,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn path(&self) -> &str {
+        self.head.split(' ').nth(1).unwrap_or("")
+    }
+    fn method(&self) -> &str {
+        self.head.split(' ').next().unwrap_or("")
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// What the upstream writes back for a request, and whether it then closes the connection.
+type Script = fn(&Got) -> (Vec<u8>, bool);
+
+/// An upstream that reads each request (head, then a `Content-Length` or chunked body) and
+/// writes the script's bytes back in one write.
+struct Scripted {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Scripted {
+    async fn start(script: Script) -> Scripted {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let all = got.clone();
+        tokio::spawn(async move {
+            for conn in 0.. {
+                let Ok((s, _)) = l.accept().await else {
+                    return;
+                };
+                let all = all.clone();
+                tokio::spawn(async move {
+                    let mut s = s;
+                    let mut buf = Vec::new();
+                    while let Some(g) = read_request(&mut s, &mut buf, conn).await {
+                        all.lock().unwrap().push(g.clone());
+                        let (reply, close) = script(&g);
+                        if s.write_all(&reply).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, got }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<Got> {
+    let mut tmp = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut tmp).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let mut g = Got {
+        conn,
+        head,
+        body: Vec::new(),
+    };
+    let done = |b: &[u8]| -> Option<usize> {
+        if let Some(n) = g.header("content-length") {
+            let n: usize = n.parse().ok()?;
+            return (b.len() >= n).then_some(n);
+        }
+        if g.header("transfer-encoding").is_some() {
+            return b.windows(5).position(|w| w == b"0\r\n\r\n").map(|i| i + 5);
+        }
+        Some(0)
+    };
+    let take = loop {
+        if let Some(n) = done(buf) {
+            break n;
+        }
+        let n = s.read(&mut tmp).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    g.body = buf.drain(..take).collect();
+    Some(g)
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn proxy_to(up: &Scripted) -> Proxy {
+    Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://app.test\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        up.url()
+    ))
+    .await
+}
+
+/// A client on one connection to the proxy (so one worker, one upstream pool).
+struct Client {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn new(p: &Proxy) -> Client {
+        let tcp = TcpStream::connect(p.addr()).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { send }
+    }
+
+    async fn req(&mut self, method: &str, path: &str, body: &'static [u8]) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        Reply::read(self.send.send_request(req).await.unwrap()).await
+    }
+}
+
+fn script_framing(g: &Got) -> (Vec<u8>, bool) {
+    match g.path() {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec(), true),
+        "/interim" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_vec(),
+            false,
+        ),
+        "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec(), false),
+        "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
+        "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold".to_vec(), false),
+        _ => (ok(g.path()), false),
+    }
+}
+
+#[tokio::test]
+async fn every_response_framing_reaches_the_client_intact_and_reuse_follows_it() {
+    let up = Scripted::start(script_framing).await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::new(&p).await;
+    let r = c.req("GET", "/chunked", b"").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello world"));
+    assert!(
+        r.headers.get("t").is_none(),
+        "trailer fields are not passed on"
+    );
+    assert_eq!(c.req("GET", "/a", b"").await.text(), "/a");
+    let r = c.req("GET", "/interim", b"").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "final"));
+    let r = c.req("HEAD", "/head", b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-length"], "10");
+    assert!(r.body.is_empty());
+    assert_eq!(c.req("GET", "/no-content", b"").await.status, 204);
+    assert_eq!(c.req("GET", "/b", b"").await.text(), "/b");
+    let r = c.req("GET", "/until-close", b"").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (200, "until the end")
+    );
+    assert_eq!(c.req("GET", "/c", b"").await.text(), "/c");
+    assert_eq!(c.req("GET", "/http10", b"").await.text(), "old");
+    assert_eq!(c.req("GET", "/d", b"").await.text(), "/d");
+
+    let got = up.got();
+    let conn_of = |path: &str| got.iter().find(|g| g.path() == path).unwrap().conn;
+    // Chunked, interim, HEAD and 204 responses end where their framing says: the same
+    // connection carries the next request.
+    for p in [
+        "/chunked",
+        "/a",
+        "/interim",
+        "/head",
+        "/no-content",
+        "/b",
+        "/until-close",
+    ] {
+        assert_eq!(conn_of(p), conn_of("/chunked"), "{p} on a new connection");
+    }
+    // A body that ends with the connection, and an HTTP/1.0 response without keep-alive,
+    // leave it unusable: the next request opens another.
+    assert_ne!(conn_of("/c"), conn_of("/until-close"));
+    assert_eq!(conn_of("/http10"), conn_of("/c"));
+    assert_ne!(conn_of("/d"), conn_of("/http10"));
+}
+
+fn script_poison(g: &Got) -> (Vec<u8>, bool) {
+    match g.path() {
+        // A second response hidden behind the first: must never reach the next request.
+        "/smuggle" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled".to_vec(),
+            false,
+        ),
+        "/conflict" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 12\r\n\r\nokHTTP/1.1 2".to_vec(),
+            false,
+        ),
+        "/both" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/gzip" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/folded" => (
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
+        "/garbage" => (b"HTTP/1.1 200 OK\r\nContent-Length 2\r\n\r\nok".to_vec(), false),
+        "/switch" => (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
+            false,
+        ),
+        _ => (ok(g.path()), false),
+    }
+}
+
+#[tokio::test]
+async fn a_response_that_could_desynchronise_a_pooled_connection_never_leaks_into_the_next() {
+    let up = Scripted::start(script_poison).await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::new(&p).await;
+    assert_eq!(c.req("GET", "/smuggle", b"").await.text(), "ok");
+    assert_eq!(
+        c.req("GET", "/after-smuggle", b"").await.text(),
+        "/after-smuggle"
+    );
+    for bad in ["/conflict", "/gzip", "/folded", "/garbage", "/switch"] {
+        let r = c.req("GET", bad, b"").await;
+        assert_eq!(r.status, 502, "{bad}: {}", r.text());
+        let next = format!("/after-{}", &bad[1..]);
+        assert_eq!(c.req("GET", &next, b"").await.text(), next);
+    }
+    // Chunked wins over a Content-Length beside it, and the connection is not trusted again.
+    assert_eq!(c.req("GET", "/both", b"").await.text(), "ok");
+    assert_eq!(c.req("GET", "/after-both", b"").await.text(), "/after-both");
+
+    let got = up.got();
+    let conn_of = |path: &str| got.iter().find(|g| g.path() == path).unwrap().conn;
+    for bad in [
+        "/smuggle",
+        "/conflict",
+        "/gzip",
+        "/folded",
+        "/garbage",
+        "/switch",
+        "/both",
+    ] {
+        assert_ne!(
+            conn_of(bad),
+            conn_of(&format!("/after-{}", &bad[1..])),
+            "the connection after {bad} was reused"
+        );
+    }
+}
+
+fn script_echo_framing(g: &Got) -> (Vec<u8>, bool) {
+    let seen = format!(
+        "{} cl={:?} te={:?} body={}",
+        g.method(),
+        g.header("content-length"),
+        g.header("transfer-encoding"),
+        String::from_utf8_lossy(&g.body)
+    );
+    (ok(&seen), false)
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_by_the_proxy() {
+    let up = Scripted::start(script_echo_framing).await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::new(&p).await;
+    assert_eq!(
+        c.req("GET", "/", b"").await.text(),
+        "GET cl=None te=None body="
+    );
+    assert_eq!(
+        c.req("POST", "/", b"").await.text(),
+        "POST cl=Some(\"0\") te=None body=",
+        "an empty POST says so"
+    );
+    assert_eq!(
+        c.req("PUT", "/", b"hello").await.text(),
+        "PUT cl=Some(\"5\") te=None body=hello"
+    );
+    // A body of unknown length goes chunked.
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let chunks = futures::stream::iter(
+        ["ab", "cd"]
+            .map(|s| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(s)))),
+    );
+    let req = Request::post("/")
+        .header("host", "app.test")
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let r = Reply::read(send.send_request(req).await.unwrap()).await;
+    assert_eq!(
+        r.text(),
+        "POST cl=None te=Some(\"chunked\") body=2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_response_streams_while_the_request_body_is_still_being_sent() {
+    // An upstream that answers at once and then echoes each piece of the request body as it
+    // arrives: a proxy that sent the whole body before reading would stall here.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let mut have = Vec::new();
+        while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            have.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // Body bytes that came with the head are echoed first.
+        let at = have.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut early = have.split_off(at);
+        loop {
+            let n = if early.is_empty() {
+                s.read(&mut buf).await.unwrap_or(0)
+            } else {
+                let n = early.len();
+                buf[..n].copy_from_slice(&early);
+                early.clear();
+                n
+            };
+            if n == 0 {
+                return;
+            }
+            // Echo the raw chunked bytes back as one chunk of the response.
+            let out = format!("{:x}\r\n", n);
+            s.write_all(out.as_bytes()).await.unwrap();
+            s.write_all(&buf[..n]).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+            if buf[..n].ends_with(b"0\r\n\r\n") {
+                s.write_all(b"0\r\n\r\n").await.unwrap();
+            }
+        }
+    });
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://app.test\n    to: http://{up}\n    allow_public_unauthenticated_access: true\n"
+    ))
+    .await;
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = futures::channel::mpsc::channel::<
+        Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    let req = Request::post("/duplex")
+        .header("host", "app.test")
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let mut tx = tx;
+    use futures::SinkExt;
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"ping1"))))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("the response head waited for the whole request body")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    let mut next = async |seen: &mut Vec<u8>, want: &[u8]| {
+        while !seen.windows(want.len()).any(|w| w == want) {
+            let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the echo stalled")
+                .unwrap()
+                .unwrap();
+            seen.extend_from_slice(&f.into_data().unwrap());
+        }
+    };
+    next(&mut seen, b"ping1").await;
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"ping2"))))
+        .await
+        .unwrap();
+    next(&mut seen, b"ping2").await;
+}
