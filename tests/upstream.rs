@@ -178,8 +178,20 @@ fn script_framing(g: &Got) -> (Vec<u8>, bool) {
         "/head" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec(), false),
         "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false),
         "/http10" => (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold".to_vec(), false),
+        "/big" => {
+            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BIG).into_bytes();
+            r.extend(big_body());
+            (r, false)
+        }
         _ => (ok(g.path()), false),
     }
+}
+
+/// A body larger than any read buffer, with no two neighbouring 251-byte runs alike.
+const BIG: usize = 3 << 20;
+
+fn big_body() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
 }
 
 #[tokio::test]
@@ -208,6 +220,8 @@ async fn every_response_framing_reaches_the_client_intact_and_reuse_follows_it()
         (200, "until the end")
     );
     assert_eq!(c.req("GET", "/c", b"").await.text(), "/c");
+    let big = c.req("GET", "/big", b"").await;
+    assert!(big.body == big_body(), "a 3 MiB body arrived changed");
     assert_eq!(c.req("GET", "/http10", b"").await.text(), "old");
     assert_eq!(c.req("GET", "/d", b"").await.text(), "/d");
 
@@ -229,6 +243,7 @@ async fn every_response_framing_reaches_the_client_intact_and_reuse_follows_it()
     // A body that ends with the connection, and an HTTP/1.0 response without keep-alive,
     // leave it unusable: the next request opens another.
     assert_ne!(conn_of("/c"), conn_of("/until-close"));
+    assert_eq!(conn_of("/big"), conn_of("/c"));
     assert_eq!(conn_of("/http10"), conn_of("/c"));
     assert_ne!(conn_of("/d"), conn_of("/http10"));
 }

@@ -57,8 +57,10 @@ fn default_roots() -> Arc<RootCertStore> {
 
 /// How long making a connection (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer room asked for before each read.
+/// Read buffer room asked for before a read: it starts small (most responses are), and grows
+/// while reads fill it (a large body then takes fewer reads), up to the most.
 const READ_ROOM: usize = 8 * 1024;
+const READ_ROOM_MAX: usize = 128 * 1024;
 
 /// A connection to an upstream.
 pub enum UpIo {
@@ -104,15 +106,23 @@ impl AsyncWrite for UpIo {
 struct UpConn {
     io: UpIo,
     buf: BytesMut,
+    /// The room asked for before the next read.
+    room: usize,
 }
 
 impl UpConn {
     /// Reads more into the buffer; `Ok(0)`: the upstream closed.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_ROOM / 2 {
-            self.buf.reserve(READ_ROOM);
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < self.room / 2 {
+            self.buf.reserve(self.room);
         }
-        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if n == spare {
+            self.room = (self.room * 2).min(READ_ROOM_MAX);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// An idle connection is fit for a request when nothing has arrived on it: no bytes (the
@@ -215,6 +225,7 @@ impl UpstreamClient {
         Ok(UpConn {
             io,
             buf: BytesMut::new(),
+            room: READ_ROOM,
         })
     }
 

@@ -101,13 +101,16 @@ pub fn request_framing(method: &Method, empty: bool, exact: Option<u64>) -> ReqF
 /// Parses a response head from the front of `buf`, taking it out of `buf` when complete. The
 /// header values share the head's bytes (no copy per value). `Ok(None)`: not complete yet.
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
-    // (name start, name end, value start, value end) in the head.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // (name start, name end, value start, value end) in the head, which is at most MAX_HEAD.
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    // Left uninitialized: httparse fills what it parses (8 KiB less to clear per response).
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let base = buf.as_ptr() as usize;
     let (len, code, minor, count) = {
-        let mut resp = httparse::Response::new(&mut raw);
-        let len = match resp.parse(buf) {
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(H1Error("response head too large"))
@@ -118,16 +121,16 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
             }
             Err(_) => return Err(H1Error("malformed response head")),
         };
+        if len > MAX_HEAD {
+            return Err(H1Error("response head too large"));
+        }
+        let at = |p: *const u8| (p as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let ns = h.name.as_ptr() as usize - base;
-            let vs = h.value.as_ptr() as usize - base;
-            *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
+            let (ns, vs) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
+            *span = [ns, ns + h.name.len() as u32, vs, vs + h.value.len() as u32];
         }
         (len, resp.code, resp.version, resp.headers.len())
     };
-    if len > MAX_HEAD {
-        return Err(H1Error("response head too large"));
-    }
     let version = match minor {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
@@ -138,7 +141,8 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
         .ok_or(H1Error("malformed status code"))?;
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    for &[ns, ne, vs, ve] in &spans[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| H1Error("malformed response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
