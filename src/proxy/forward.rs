@@ -106,6 +106,8 @@ impl AsyncWrite for UpIo {
 struct UpConn {
     io: UpIo,
     buf: BytesMut,
+    /// The request head being written (kept for the next request on this connection).
+    head: Vec<u8>,
     /// The room asked for before the next read.
     room: usize,
 }
@@ -225,6 +227,7 @@ impl UpstreamClient {
         Ok(UpConn {
             io,
             buf: BytesMut::new(),
+            head: Vec::new(),
             room: READ_ROOM,
         })
     }
@@ -305,10 +308,13 @@ impl UpstreamClient {
             body.is_end_stream(),
             body.size_hint().exact(),
         );
-        let mut head = BytesMut::new();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::encode_request(&parts.method, pq, &parts.headers, framing, &mut head);
-        let head = head.freeze();
+        // The head is written into the connection's own buffer: no allocation per request.
+        let writer = |conn: &mut UpConn, body: UpBody| {
+            conn.head.clear();
+            h1::encode_request(&parts.method, pq, &parts.headers, framing, &mut conn.head);
+            Writer::new(conn.head.len(), body, framing)
+        };
         let head_request = parts.method == http::Method::HEAD;
         // Safe to send again when the upstream closed a reused connection without a word: it
         // then saw at most a request it did not act on (RFC 9110 §9.2.2).
@@ -321,8 +327,8 @@ impl UpstreamClient {
             if !conn.fit().await {
                 continue;
             }
-            let writer = Writer::new(head.clone(), body.retry(), framing);
-            match exchange(conn, writer).await {
+            let w = writer(&mut conn, body.retry());
+            match exchange(conn, w).await {
                 Ok((resp, ex)) => return self.wrap(key, resp, ex, head_request),
                 Err(e) if retryable && body.unread() && (e.unsent || (idempotent && e.silent)) => {
                     tracing::debug!(error = %e.msg, "pooled upstream connection was closed; retrying on a new one");
@@ -330,8 +336,9 @@ impl UpstreamClient {
                 Err(e) => return Err(Failure::Sent(e.msg)),
             }
         }
-        let conn = self.connect(up).await?;
-        match exchange(conn, Writer::new(head, body, framing)).await {
+        let mut conn = self.connect(up).await?;
+        let w = writer(&mut conn, body);
+        match exchange(conn, w).await {
             Ok((resp, ex)) => self.wrap(key, resp, ex, head_request),
             Err(e) => Err(Failure::Sent(e.msg)),
         }
@@ -391,7 +398,10 @@ struct ExchangeError {
 
 /// The request on its way out: the head, then the body as the client sends it, framed.
 struct Writer {
-    /// Bytes not written yet.
+    /// How much of the head (the connection's `head`) has been written, of how much.
+    head_at: usize,
+    head_len: usize,
+    /// Body bytes not written yet.
     out: Bytes,
     body: Option<UpBody>,
     chunked: bool,
@@ -411,14 +421,16 @@ enum WriteError {
 }
 
 impl Writer {
-    fn new(head: Bytes, body: UpBody, framing: ReqFraming) -> Writer {
+    fn new(head_len: usize, body: UpBody, framing: ReqFraming) -> Writer {
         let (body, left) = match framing {
             ReqFraming::None => (None, 0),
             ReqFraming::Length(n) => ((n > 0).then_some(body), n),
             ReqFraming::Chunked => (Some(body), 0),
         };
         Writer {
-            out: head,
+            head_at: 0,
+            head_len,
+            out: Bytes::new(),
             body,
             chunked: framing == ReqFraming::Chunked,
             left,
@@ -430,12 +442,32 @@ impl Writer {
 
     /// The whole request has been written and flushed.
     fn done(&self) -> bool {
-        !self.failed && self.out.is_empty() && self.body.is_none() && !self.unflushed
+        !self.failed
+            && self.head_at == self.head_len
+            && self.out.is_empty()
+            && self.body.is_none()
+            && !self.unflushed
     }
 
     /// Writes what it can; ready when the whole request is out.
-    fn poll(&mut self, io: &mut UpIo, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+    fn poll(
+        &mut self,
+        io: &mut UpIo,
+        head: &[u8],
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
         loop {
+            if self.head_at < self.head_len {
+                let rest = head.get(self.head_at..self.head_len).unwrap_or_default();
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, rest)).map_err(WriteError::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                self.head_at += n;
+                self.wrote = true;
+                self.unflushed = true;
+                continue;
+            }
             if !self.out.is_empty() {
                 let n =
                     ready!(Pin::new(&mut *io).poll_write(cx, &self.out)).map_err(WriteError::Io)?;
@@ -521,7 +553,7 @@ impl Exchange {
         if self.writer.failed || self.writer.done() {
             return Ok(());
         }
-        match self.writer.poll(&mut self.conn.io, cx) {
+        match self.writer.poll(&mut self.conn.io, &self.conn.head, cx) {
             Poll::Ready(Err(WriteError::Body(e))) => {
                 self.writer.failed = true;
                 Err(e)
@@ -621,7 +653,12 @@ impl RawBody {
         };
         if self.keep_alive && clean && ex.writer.done() && ex.conn.buf.is_empty() {
             if let Some(pool) = self.pool.upgrade() {
-                pool.put(self.key.clone(), ex.conn);
+                let mut conn = ex.conn;
+                if conn.head.capacity() > 16 * 1024 {
+                    // An unusually large head: not kept for the life of the connection.
+                    conn.head = Vec::new();
+                }
+                pool.put(self.key.clone(), conn);
             }
         }
     }

@@ -48,7 +48,7 @@ pub fn encode_request(
     path_and_query: &str,
     headers: &HeaderMap,
     framing: ReqFraming,
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
 ) {
     let mut size = method.as_str().len() + path_and_query.len() + 40;
     for (n, v) in headers {
@@ -398,7 +398,7 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         encode_request(&Method::POST, "/p?q=1", &h, ReqFraming::Length(5), &mut out);
         assert_eq!(
             &out[..],
