@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone)]
 struct Got {
     conn: usize,
+    /// Which request on its connection (from 0).
+    nth: usize,
     head: String,
     body: Vec<u8>,
 }
@@ -63,7 +65,10 @@ impl Scripted {
                 tokio::spawn(async move {
                     let mut s = s;
                     let mut buf = Vec::new();
-                    while let Some(g) = read_request(&mut s, &mut buf, conn).await {
+                    let mut nth = 0;
+                    while let Some(mut g) = read_request(&mut s, &mut buf, conn).await {
+                        g.nth = nth;
+                        nth += 1;
                         all.lock().unwrap().push(g.clone());
                         let (reply, close) = script(&g);
                         if s.write_all(&reply).await.is_err() || close {
@@ -98,6 +103,7 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Opti
     buf.drain(..end);
     let mut g = Got {
         conn,
+        nth: 0,
         head,
         body: Vec::new(),
     };
@@ -454,4 +460,36 @@ async fn a_response_streams_while_the_request_body_is_still_being_sent() {
         .await
         .unwrap();
     next(&mut seen, b"ping2").await;
+}
+
+fn script_close_second(g: &Got) -> (Vec<u8>, bool) {
+    // The second request on a connection is read and the connection closed without a word,
+    // as a server does when its keep-alive timeout strikes just as a request arrives.
+    if g.nth == 1 {
+        return (Vec::new(), true);
+    }
+    (ok(&format!("{} {}", g.method(), g.path())), false)
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_without_an_answer_is_retried_only_when_safe() {
+    let up = Scripted::start(script_close_second).await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::new(&p).await;
+    assert_eq!(c.req("GET", "/one", b"").await.text(), "GET /one");
+    // A GET can be sent again: the upstream never answered it.
+    assert_eq!(c.req("GET", "/two", b"").await.text(), "GET /two");
+    let got = up.got();
+    let two: Vec<_> = got.iter().filter(|g| g.path() == "/two").collect();
+    assert_eq!(two.len(), 2, "{got:?}");
+    assert_ne!(two[0].conn, two[1].conn);
+    // A POST is not: the upstream may have acted on it.
+    assert_eq!(c.req("GET", "/three", b"").await.text(), "GET /three");
+    let r = c.req("POST", "/four", b"data").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        up.got().iter().filter(|g| g.path() == "/four").count(),
+        1,
+        "a POST was sent twice"
+    );
 }
