@@ -316,8 +316,9 @@ impl UpstreamClient {
             Writer::new(conn.head.len(), body, framing)
         };
         let head_request = parts.method == http::Method::HEAD;
-        // Safe to send again when the upstream closed a reused connection without a word: it
-        // then saw at most a request it did not act on (RFC 9110 §9.2.2).
+        // A reused connection the upstream closes without a byte of answer is the keep-alive
+        // race (it closed an idle connection as the request arrived): an idempotent request
+        // (RFC 9110 §9.2.2) with no body may go out again on a new connection.
         let idempotent = matches!(
             parts.method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
