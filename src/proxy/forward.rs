@@ -411,8 +411,6 @@ struct Writer {
     /// Written since the last flush.
     unflushed: bool,
     wrote: bool,
-    /// Writing failed; the response may still be read.
-    failed: bool,
 }
 
 enum WriteError {
@@ -437,14 +435,12 @@ impl Writer {
             left,
             unflushed: false,
             wrote: false,
-            failed: false,
         }
     }
 
     /// The whole request has been written and flushed.
     fn done(&self) -> bool {
-        !self.failed
-            && self.head_at == self.head_len
+        self.head_at == self.head_len
             && self.out.is_empty()
             && self.body.is_none()
             && !self.unflushed
@@ -543,29 +539,30 @@ impl Writer {
 struct Exchange {
     conn: UpConn,
     writer: Writer,
-    /// Why writing the request failed, if it did.
+    /// Why writing the request failed, if it did: then nothing more is written.
     write_error: Option<String>,
 }
 
 impl Exchange {
-    /// Moves the request on; a failed write leaves the response to be read, unless the
-    /// client's body failed.
+    /// Moves the request on. A failed write leaves the response to be read; a failed client
+    /// body is an error, and the exchange is dropped with it.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), String> {
-        if self.writer.failed || self.writer.done() {
+        if self.write_error.is_some() || self.writer.done() {
             return Ok(());
         }
         match self.writer.poll(&mut self.conn.io, &self.conn.head, cx) {
-            Poll::Ready(Err(WriteError::Body(e))) => {
-                self.writer.failed = true;
-                Err(e)
-            }
+            Poll::Ready(Err(WriteError::Body(e))) => Err(e),
             Poll::Ready(Err(WriteError::Io(e))) => {
-                self.writer.failed = true;
                 self.write_error = Some(e.to_string());
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// The whole request went out.
+    fn sent(&self) -> bool {
+        self.write_error.is_none() && self.writer.done()
     }
 }
 
@@ -652,7 +649,7 @@ impl RawBody {
             BodyState::Chunked(c) => c.is_end(),
             BodyState::Close => false,
         };
-        if self.keep_alive && clean && ex.writer.done() && ex.conn.buf.is_empty() {
+        if self.keep_alive && clean && ex.sent() && ex.conn.buf.is_empty() {
             if let Some(pool) = self.pool.upgrade() {
                 let mut conn = ex.conn;
                 if conn.head.capacity() > 16 * 1024 {
