@@ -342,11 +342,7 @@ async fn bodies_stream_both_ways_without_being_buffered_whole() {
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
     // Response: the first chunk arrives while the upstream is still waiting to send the second.
-    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = h1_connect(p.addr()).await;
     let req = Request::get("/stream")
         .header("host", "app.test")
         .body(Full::new(Bytes::new()))
@@ -584,11 +580,7 @@ async fn a_response_body_idle_past_idle_timeout_is_ended() {
         a.url()
     );
     let p = proxy_with(&routes).await;
-    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = h1_connect(p.addr()).await;
     let req = Request::get("/stream")
         .header("host", "app.test")
         .body(Full::new(Bytes::new()))
@@ -644,12 +636,7 @@ async fn upstream_connections_are_reused_and_a_body_less_response_frees_its_conn
     let a = Echo::start("a").await;
     let p = proxy_with(&public_route("http://app.test", &a.url())).await;
     // One client connection is served by one worker, which reuses its upstream connection.
-    let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
-    let (mut client, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut client = h1_connect(p.addr()).await;
     let mut on_one = |path: &str, head: bool| {
         let b = if head {
             Request::head(path)

@@ -151,12 +151,9 @@ struct Client {
 
 impl Client {
     async fn new(p: &Proxy) -> Client {
-        let tcp = TcpStream::connect(p.addr()).await.unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client { send }
+        Client {
+            send: h1_connect(p.addr()).await,
+        }
     }
 
     async fn req(&mut self, method: &str, path: &str, body: &'static [u8]) -> Reply {
@@ -355,11 +352,7 @@ async fn request_bodies_are_framed_by_the_proxy() {
         "PUT cl=Some(\"5\") te=None body=hello"
     );
     // A body of unknown length goes chunked.
-    let tcp = TcpStream::connect(p.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h1_connect(p.addr()).await;
     let chunks = futures::stream::iter(
         ["ab", "cd"]
             .map(|s| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(s)))),
@@ -421,11 +414,7 @@ async fn a_response_streams_while_the_request_body_is_still_being_sent() {
         "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://app.test\n    to: http://{up}\n    allow_public_unauthenticated_access: true\n"
     ))
     .await;
-    let tcp = TcpStream::connect(p.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h1_connect(p.addr()).await;
     let (tx, rx) = futures::channel::mpsc::channel::<
         Result<http_body::Frame<Bytes>, std::convert::Infallible>,
     >(1);

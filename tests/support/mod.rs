@@ -105,14 +105,25 @@ impl Reply {
     }
 }
 
-/// Sends one request over a new plain connection to `addr`.
-pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+/// A new plain HTTP/1.1 client connection to `addr` (its driver spawned): for several
+/// requests on one connection, or a request body of any kind.
+pub async fn h1_connect<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let resp = s.send_request(req).await.unwrap();
+    s
+}
+
+/// Sends one request over a new plain connection to `addr`.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let resp = h1_connect(addr).await.send_request(req).await.unwrap();
     Reply::read(resp).await
 }
 
