@@ -482,3 +482,47 @@ async fn a_reused_connection_closed_without_an_answer_is_retried_only_when_safe(
         "a POST was sent twice"
     );
 }
+
+fn script_keep_alive_timeout(g: &Got) -> (Vec<u8>, bool) {
+    if g.path() == "/late" && g.nth > 0 {
+        // Its keep-alive timeout has struck: a server closing an idle connection as a
+        // request arrives on it reads nothing more and answers nothing.
+        return (Vec::new(), true);
+    }
+    let timeout = if g.path() == "/one-second" { 1 } else { 3 };
+    let body = g.path();
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nKeep-Alive: timeout={timeout}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    (reply.into_bytes(), false)
+}
+
+#[tokio::test]
+async fn an_upstream_keep_alive_timeout_is_honoured_before_it_strikes() {
+    let up = Scripted::start(script_keep_alive_timeout).await;
+    let p = proxy_to(&up).await;
+    let mut c = Client::new(&p).await;
+    assert_eq!(c.req("GET", "/first", b"").await.text(), "/first");
+    assert_eq!(c.req("GET", "/soon", b"").await.text(), "/soon");
+    // The upstream said 3 s: its connection is reused for 2 s, then left alone. A POST
+    // cannot be retried, so sent on the old connection it would be lost (502).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = c.req("POST", "/late", b"data").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "/late"));
+    // One second or less leaves nothing to reuse.
+    assert_eq!(c.req("GET", "/one-second", b"").await.text(), "/one-second");
+    assert_eq!(c.req("GET", "/after", b"").await.text(), "/after");
+
+    let got = up.got();
+    let conn_of = |path: &str| got.iter().find(|g| g.path() == path).unwrap().conn;
+    assert_eq!(conn_of("/soon"), conn_of("/first"), "not reused at once");
+    assert_ne!(
+        conn_of("/late"),
+        conn_of("/first"),
+        "reused past the timeout"
+    );
+    assert_eq!(conn_of("/one-second"), conn_of("/late"));
+    assert_ne!(conn_of("/after"), conn_of("/one-second"));
+    assert_eq!(got.len(), 5, "{got:?}");
+}

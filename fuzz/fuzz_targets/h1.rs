@@ -1,6 +1,7 @@
-//! Any bytes from an upstream: the response head parser and the chunked decoder never panic,
-//! and reading the bytes in one piece or a byte at a time gives the same result — where a
-//! response ends must not depend on how the network happened to split it.
+//! Any bytes from an upstream: the response head parser (with its framing and `Keep-Alive`
+//! timeout) and the chunked decoder never panic, and reading the bytes in one piece or a byte
+//! at a time gives the same result — where a response ends must not depend on how the network
+//! happened to split it.
 #![no_main]
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -18,7 +19,13 @@ fn read(data: &[u8], step: usize) -> (Vec<String>, Vec<u8>, Option<h1::H1Error>,
             None => match h1::parse_head(&mut buf) {
                 Ok(Some(r)) => {
                     let f = h1::response_framing(false, &r);
-                    heads.push(format!("{} {:?} {:?}", r.status(), r.headers().len(), f));
+                    let timeout = h1::keep_alive_timeout(r.headers());
+                    heads.push(format!(
+                        "{} {:?} {:?} {timeout:?}",
+                        r.status(),
+                        r.headers().len(),
+                        f
+                    ));
                     if let Ok((h1::Framing::Chunked, _)) = f {
                         chunked = Some(Chunked::default());
                     } else {

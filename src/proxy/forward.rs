@@ -147,22 +147,37 @@ struct Pool {
 
 struct Idle {
     conn: UpConn,
-    since: Instant,
+    /// When it stops being reused.
+    until: Instant,
 }
 
 /// An idle connection older than this is closed rather than reused.
 const IDLE_FOR: Duration = Duration::from_secs(60);
+/// How long before an upstream's announced keep-alive timeout (`Keep-Alive: timeout=N`) its
+/// idle connection stops being reused: a request sent as the upstream closes would be lost
+/// (only bodiless idempotent ones are retried). Node.js announces 5 s by default.
+const CLOSE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long an idle connection may be reused after a response with these headers: until a
+/// second before the upstream said it would close it, at most [`IDLE_FOR`]. Zero: not at all.
+fn reuse_for(h: &http::HeaderMap) -> Duration {
+    h1::keep_alive_timeout(h).map_or(IDLE_FOR, |secs| {
+        Duration::from_secs(secs)
+            .saturating_sub(CLOSE_MARGIN)
+            .min(IDLE_FOR)
+    })
+}
 /// Idle connections kept per upstream and worker.
 const IDLE_MAX: usize = 128;
 
 impl Pool {
-    fn put(&self, key: Arc<str>, conn: UpConn) {
+    fn put(&self, key: Arc<str>, conn: UpConn, reuse_for: Duration) {
         if let Ok(mut idle) = self.idle.get().lock() {
             let list = idle.entry(key).or_default();
             if list.len() < IDLE_MAX {
                 list.push(Idle {
                     conn,
-                    since: Instant::now(),
+                    until: Instant::now() + reuse_for,
                 });
             }
         }
@@ -172,7 +187,7 @@ impl Pool {
         let mut idle = self.idle.get().lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < IDLE_FOR {
+            if Instant::now() < i.until {
                 return Some(i.conn);
             }
         }
@@ -354,6 +369,7 @@ impl UpstreamClient {
     ) -> Result<Response<UpResponseBody>, Failure> {
         let (framing, keep_alive) =
             h1::response_framing(head_request, &resp).map_err(|e| Failure::Sent(e.to_string()))?;
+        let reuse_for = reuse_for(resp.headers());
         let mut body = RawBody {
             ex: Some(ex),
             state: match framing {
@@ -361,7 +377,8 @@ impl UpstreamClient {
                 Framing::Chunked => BodyState::Chunked(Chunked::default()),
                 Framing::Close => BodyState::Close,
             },
-            keep_alive,
+            keep_alive: keep_alive && !reuse_for.is_zero(),
+            reuse_for,
             pool: Arc::downgrade(&self.pool),
             key: key.clone(),
         };
@@ -633,6 +650,8 @@ pub struct RawBody {
     ex: Option<Exchange>,
     state: BodyState,
     keep_alive: bool,
+    /// How long the connection may wait in the pool (`reuse_for`).
+    reuse_for: Duration,
     pool: std::sync::Weak<Pool>,
     key: Arc<str>,
 }
@@ -656,7 +675,7 @@ impl RawBody {
                     // An unusually large head: not kept for the life of the connection.
                     conn.head = Vec::new();
                 }
-                pool.put(self.key.clone(), conn);
+                pool.put(self.key.clone(), conn, self.reuse_for);
             }
         }
     }

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// The most bytes of chunk extensions per chunk, and of trailer fields per body.
 const MAX_EXT: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -237,6 +238,31 @@ fn keep_alive(version: Version, h: &HeaderMap) -> bool {
     !close && (version == Version::HTTP_11 || keep)
 }
 
+/// The idle time an upstream announces with `Keep-Alive: timeout=N` (seconds; RFC 2068 §19.7.1,
+/// sent by Node.js, Apache and others), after which it closes a keep-alive connection itself.
+/// `None` when absent or malformed; the first well-formed `timeout` wins.
+pub fn keep_alive_timeout(h: &HeaderMap) -> Option<u64> {
+    h.get_all(KEEP_ALIVE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .find_map(|param| {
+            let eq = param.iter().position(|&b| b == b'=')?;
+            let (name, value) = (&param[..eq], &param[eq + 1..]);
+            if !name.trim_ascii().eq_ignore_ascii_case(b"timeout") {
+                return None;
+            }
+            let value = value.trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            if value.is_empty() || value.len() > 9 || !value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+        })
+}
+
 /// What the chunked decoder found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Chunk {
@@ -370,6 +396,28 @@ mod tests {
     fn framing(s: &str) -> Result<(Framing, bool), H1Error> {
         let r = head(s)?.ok_or(H1Error("partial"))?;
         response_framing(false, &r)
+    }
+
+    #[test]
+    fn keep_alive_timeout_is_read_from_its_parameter() {
+        let t = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(KEEP_ALIVE, HeaderValue::from_str(v).expect("value"));
+            }
+            keep_alive_timeout(&h)
+        };
+        assert_eq!(t(&["timeout=5"]), Some(5));
+        assert_eq!(t(&["Timeout = 72, max=100"]), Some(72));
+        assert_eq!(t(&["max=100, timeout=\"3\""]), Some(3));
+        assert_eq!(t(&["max=100", "timeout=0"]), Some(0));
+        assert_eq!(t(&[]), None);
+        assert_eq!(t(&["max=100"]), None);
+        assert_eq!(t(&["timeout="]), None);
+        assert_eq!(t(&["timeout=-1"]), None);
+        assert_eq!(t(&["timeout=5s"]), None);
+        assert_eq!(t(&["timeout=99999999999999999999"]), None);
+        assert_eq!(t(&["timeout=x, timeout=4"]), Some(4));
     }
 
     /// Decodes `input` fed in pieces of `step` bytes; the data and whether it ended.
