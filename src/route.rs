@@ -126,7 +126,8 @@ pub struct Route {
     pub pass_identity_headers: bool,
     /// Header name → claim name, added for signed-in users.
     pub jwt_claims_headers: Vec<(http::HeaderName, String)>,
-    /// Every header name Portcullis may set on this route: client copies are stripped.
+    /// Every header name Portcullis may set on this route, folded (`headers::folded_name`):
+    /// client copies under any spelling that folds the same are stripped.
     pub owned_headers: Vec<http::HeaderName>,
     pub policy: Policy,
     pub client: UpstreamClient,

@@ -430,3 +430,40 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
     assert_eq!(r.status, 401);
     assert_eq!(echo.hits(), hits);
 }
+
+#[tokio::test]
+async fn a_neighbouring_cookie_with_utf8_bytes_neither_hides_the_session_nor_lets_it_through() {
+    // Browsers send cookie values as they were set, UTF-8 included; such a Cookie header is
+    // not ASCII text, and must still be read and stripped byte by byte.
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    let cookie = cookie_for("app.test", now() + 600);
+    let value = format!("prefs=café; {cookie}; lang=en");
+    let send_with = |cookies: Vec<Vec<u8>>| {
+        let mut b = http::Request::get("/x").header("host", "app.test");
+        for c in cookies {
+            b = b.header("cookie", http::HeaderValue::from_bytes(&c).unwrap());
+        }
+        send(
+            p.addr(),
+            b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    };
+    let r = send_with(vec![value.clone().into_bytes()]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = r.seen();
+    assert_eq!(s.all("cookie"), vec!["prefs=café; lang=en"]);
+    assert_eq!(s.all("x-forwarded-user"), vec!["https://idp.test#u-alice"]);
+    // The session in a second Cookie header, beside one that is not ASCII: read, and stripped
+    // from both.
+    let r = send_with(vec![
+        b"prefs=caf\xc3\xa9; x=1".to_vec(),
+        [format!("{cookie}; ").as_bytes(), b"\xff=\xfe"].concat(),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all = r.seen().all("cookie").join(" | ");
+    assert!(!all.contains("_portcullis"), "{all}");
+    assert!(all.contains("prefs=café; x=1"), "{all}");
+}

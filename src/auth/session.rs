@@ -138,8 +138,8 @@ impl CookieJar {
     pub fn login_cookies<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
         let prefix = format!("{}_csrf_", self.name);
         cookie_pairs(headers)
-            .filter(|(k, _)| k.strip_prefix(&prefix).is_some_and(valid_state))
-            .map(|(k, _)| k)
+            .filter_map(|(k, _)| std::str::from_utf8(k).ok())
+            .filter(|k| k.strip_prefix(&prefix).is_some_and(valid_state))
             .collect()
     }
 
@@ -259,18 +259,22 @@ fn split_chunks(s: &str) -> Vec<&str> {
 /// The value of cookie `name` in the request (the first, if a client sent it twice).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookie_pairs(headers)
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .find(|(k, _)| *k == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
-/// Every `name=value` pair of the request's Cookie headers.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Every `name=value` pair of the request's Cookie headers, as bytes: browsers send values
+/// as they were set, UTF-8 included, and another cookie's bytes must not hide the session's.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|c| {
+            let c = c.trim_ascii();
+            let eq = c.iter().position(|&b| b == b'=')?;
+            Some((&c[..eq], &c[eq + 1..]))
+        })
 }
 
 /// Is this a `state` Portcullis could have made (and so a safe part of a cookie name)?

@@ -767,7 +767,10 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         set_request_headers,
         remove_request_headers,
         pass_identity_headers,
-        owned_headers: jwt_claims_headers.iter().map(|(h, _)| h.clone()).collect(),
+        owned_headers: jwt_claims_headers
+            .iter()
+            .map(|(h, _)| crate::proxy::headers::folded_name(h))
+            .collect(),
         jwt_claims_headers,
         policy,
         client,

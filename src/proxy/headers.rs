@@ -138,12 +138,19 @@ fn is_context_or_identity(f: &str) -> bool {
     })
 }
 
+/// A header name as upstream frameworks read it (see [`folded`]), made once when a route is
+/// compiled for the names it owns. (Folding a valid name gives a valid name; were it not,
+/// the name would be kept as it is.)
+pub fn folded_name(name: &HeaderName) -> HeaderName {
+    HeaderName::from_bytes(folded(name.as_str()).as_bytes()).unwrap_or_else(|_| name.clone())
+}
+
 /// True for a client header that must never reach an upstream (besides hop-by-hop ones).
-/// `name` is lower-case, as a `HeaderName` is.
-pub fn is_spoofable(name: &str, extra: &[HeaderName]) -> bool {
+/// `name` is lower-case, as a `HeaderName` is; `owned` are folded already ([`folded_name`]).
+pub fn is_spoofable(name: &str, owned: &[HeaderName]) -> bool {
     let f = folded(name);
     let f = f.as_ref();
-    is_context_or_identity(f) || extra.iter().any(|h| folded(h.as_str()) == f)
+    is_context_or_identity(f) || owned.iter().any(|h| h.as_str() == f)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -229,21 +236,32 @@ pub fn request_headers(mut h: HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
     h
 }
 
-/// Is `name` one of the session's cookie names (`NAME`, its chunks `NAME_1`..., the login
-/// cookies `NAME_csrf_STATE`)?
-fn is_session_cookie(cookie: &str, name: &str) -> bool {
-    let n = cookie.split('=').next().unwrap_or("").trim();
-    n == name
-        || n.strip_prefix(name)
-            .and_then(|r| r.strip_prefix('_'))
+/// Is this `name=value` pair one of the session's cookies (`NAME`, its chunks `NAME_1`...,
+/// the login cookies `NAME_csrf_STATE`)? Bytes, not text: a Cookie header may carry UTF-8.
+fn is_session_cookie(pair: &[u8], name: &str) -> bool {
+    let n = pair
+        .split(|&b| b == b'=')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    n == name.as_bytes()
+        || n.strip_prefix(name.as_bytes())
+            .and_then(|r| r.strip_prefix(b"_"))
             .is_some_and(|r| !r.is_empty())
 }
 
-/// Does this Cookie header carry one of the session's cookies? (Not UTF-8: left as it is.)
-fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
+/// The `;`-separated pairs of a Cookie header, trimmed, empty ones skipped.
+fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
-        .to_str()
-        .is_ok_and(|s| s.split(';').any(|c| is_session_cookie(c, name)))
+        .as_bytes()
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+}
+
+/// Does this Cookie header carry one of the session's cookies?
+fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
+    cookie_pairs(value).any(|c| is_session_cookie(c, name))
 }
 
 /// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookies `NAME_csrf_*`)
@@ -252,26 +270,18 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
     if !has_session_cookie(value, name) {
         return Some(value.clone());
     }
-    let Ok(s) = value.to_str() else {
-        return Some(value.clone());
-    };
-    let mut kept = String::with_capacity(s.len());
-    for c in s
-        .split(';')
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !is_session_cookie(c, name))
-    {
+    let mut kept = Vec::with_capacity(value.len());
+    for c in cookie_pairs(value).filter(|c| !is_session_cookie(c, name)) {
         if !kept.is_empty() {
-            kept.push_str("; ");
+            kept.extend_from_slice(b"; ");
         }
-        kept.push_str(c);
+        kept.extend_from_slice(c);
     }
     if kept.is_empty() {
-        None
-    } else {
-        // The bytes are the client's own (visible ASCII and spaces): valid as they were.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok()
+        return None;
     }
+    // The client's own bytes, which were a valid value, joined by "; ": valid again.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok()
 }
 
 /// Response headers from the upstream, without hop-by-hop ones (kept for a 101).
@@ -378,6 +388,12 @@ mod tests {
         let owned = [HeaderName::from_static("x-team")];
         assert!(is_spoofable("x_team", &owned));
         assert!(!is_spoofable("x-teams", &owned));
+        // A route's own name spelt with `_` or `.` is folded once, when compiled.
+        let owned = [folded_name(&HeaderName::from_static("x_team.id"))];
+        assert_eq!(owned[0], "x-team-id");
+        for n in ["x-team-id", "x_team_id", "x.team.id", "x_team.id"] {
+            assert!(is_spoofable(n, &owned), "{n}");
+        }
     }
 
     #[test]
