@@ -24,8 +24,10 @@ use session::{now, CookieJar, CookieKey, Session};
 /// settings did not change.
 pub struct Auth {
     pub key: Option<CookieKey>,
-    /// Sessions this config opened recently (see [`Auth::open`]).
-    opened: PerWorker<Mutex<HashMap<Box<str>, Opened>>>,
+    /// Sessions this config opened recently, by [`Auth::tail_key`] (see [`Auth::open`]).
+    opened: PerWorker<Mutex<HashMap<u64, Opened>>>,
+    /// Keys the `opened` maps' hashes of cookie tails.
+    tails: std::hash::RandomState,
     pub jar: CookieJar,
     pub oidc: Option<Arc<Oidc>>,
     pub signer: Arc<Signer>,
@@ -67,6 +69,7 @@ impl Auth {
             Auth {
                 key,
                 opened: PerWorker::default(),
+                tails: std::hash::RandomState::new(),
                 jar: CookieJar {
                     name: settings.cookie.name.clone(),
                     domain: settings.cookie.domain.clone(),
@@ -97,9 +100,10 @@ impl Auth {
         let key = self.key.as_ref()?;
         let text = self.jar.read_session(headers)?;
         let scope = self.jar.scope(host);
+        let tail = self.tail_key(&text);
         let cached = self.opened.get().lock().ok().and_then(|m| {
-            m.get(text.as_ref())
-                .filter(|o| *o.scope == *scope)
+            m.get(&tail)
+                .filter(|o| *o.text == *text && *o.scope == *scope)
                 .map(|o| o.session.clone())
         });
         let s = match cached {
@@ -111,10 +115,11 @@ impl Auth {
                         m.clear();
                     }
                     let o = Opened {
+                        text: text.into_owned().into_boxed_str(),
                         scope: scope.into(),
                         session: s.clone(),
                     };
-                    m.insert(text.into_owned().into_boxed_str(), o);
+                    m.insert(tail, o);
                 }
                 s
             }
@@ -123,6 +128,15 @@ impl Auth {
             return None;
         }
         Some(s)
+    }
+
+    /// What the `opened` maps are keyed by: the cookie's length and its last 32 bytes, which
+    /// end in the AEAD tag (random for every seal), so a 3 KB cookie is not hashed whole on
+    /// every request. Equal keys are only a hint: the whole text is compared before an entry
+    /// is used, and only cookies that opened are ever kept.
+    fn tail_key(&self, text: &str) -> u64 {
+        let b = text.as_bytes();
+        std::hash::BuildHasher::hash_one(&self.tails, (b.len(), &b[b.len().saturating_sub(32)..]))
     }
 
     pub fn seal(&self, host: &str, s: &Session) -> Option<String> {
@@ -136,6 +150,7 @@ const OPENED_MAX: usize = 256;
 
 /// A session opened from a cookie's text, for the host scope it was sealed for.
 struct Opened {
+    text: Box<str>,
     scope: Box<str>,
     session: Arc<Session>,
 }
@@ -205,6 +220,7 @@ mod tests {
     fn auth() -> Auth {
         Auth {
             opened: PerWorker::default(),
+            tails: std::hash::RandomState::new(),
             key: Some(CookieKey::new(&[3; 32]).unwrap()),
             jar: CookieJar {
                 name: "_p".into(),
@@ -257,6 +273,24 @@ mod tests {
         );
         let expired = headers_for(&a, &session(now() - 1));
         assert!(a.open(&Revoked(None), "h", &expired).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_cookie_with_a_kept_ones_tail_is_not_taken_for_it() {
+        let a = auth();
+        let h = headers_for(&a, &session(now() + 60));
+        assert!(a.open(&Revoked(None), "h", &h).is_some());
+        // Same length, same last 32 bytes: the same cache key, but another text.
+        let text = h[http::header::COOKIE].to_str().unwrap().to_string();
+        let i = "_p=v1.1.".len() + 4;
+        let flipped = if &text[i..=i] == "A" { "B" } else { "A" };
+        let forged = format!("{}{flipped}{}", &text[..i], &text[i + 1..]);
+        let mut f = HeaderMap::new();
+        f.insert(http::header::COOKIE, forged.parse().unwrap());
+        let a_text = a.jar.read_session(&h).unwrap();
+        let f_text = a.jar.read_session(&f).unwrap();
+        assert_eq!(a.tail_key(&a_text), a.tail_key(&f_text));
+        assert!(a.open(&Revoked(None), "h", &f).is_none());
     }
 
     #[test]
