@@ -1,9 +1,16 @@
-//! Any Cookie header: reassembled and opened, it is a session only if sealed with the key.
+//! Any Cookie header: split into its parts, reassembled and opened, it is a session only if
+//! sealed with the key.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::auth::session::{CookieJar, CookieKey, Session};
+use portcullis::auth::session::{pairs, CookieJar, CookieKey, Session};
 
 fuzz_target!(|data: &[u8]| {
+    let mut parts = 0;
+    for p in pairs(data) {
+        assert!(!p.is_empty() && !p.contains(&b';') && p.trim_ascii() == p);
+        parts += 1;
+    }
+    assert!(parts <= data.len());
     let Ok(v) = http::HeaderValue::from_bytes(data) else {
         return;
     };

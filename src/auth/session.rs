@@ -269,12 +269,25 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .flat_map(|v| pairs(v.as_bytes()))
         .filter_map(|c| {
-            let c = c.trim_ascii();
-            let eq = c.iter().position(|&b| b == b'=')?;
+            let eq = memchr::memchr(b'=', c)?;
             Some((&c[..eq], &c[eq + 1..]))
         })
+}
+
+/// The `;`-separated parts of one Cookie header, trimmed, empty ones skipped (`memchr`: a
+/// signed-in browser's header is kilobytes, read several times per request).
+pub fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b';', value)
+        .chain(std::iter::once(value.len()))
+        .map(move |end| {
+            let part = &value[start..end];
+            start = end + 1;
+            part.trim_ascii()
+        })
+        .filter(|p| !p.is_empty())
 }
 
 /// Is this a `state` Portcullis could have made (and so a safe part of a cookie name)?

@@ -2,6 +2,7 @@
 //! proxy alone, and every identity header a client might forge stripped before Portcullis
 //! adds its own.
 
+use crate::auth::session::pairs;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header names as upstream frameworks fold them: lower-case, `_` and `.` read as `-`.
@@ -250,18 +251,9 @@ fn is_session_cookie(pair: &[u8], name: &str) -> bool {
             .is_some_and(|r| !r.is_empty())
 }
 
-/// The `;`-separated pairs of a Cookie header, trimmed, empty ones skipped.
-fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b';')
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-}
-
 /// Does this Cookie header carry one of the session's cookies?
 fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
-    cookie_pairs(value).any(|c| is_session_cookie(c, name))
+    pairs(value.as_bytes()).any(|c| is_session_cookie(c, name))
 }
 
 /// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookies `NAME_csrf_*`)
@@ -271,7 +263,7 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
         return Some(value.clone());
     }
     let mut kept = Vec::with_capacity(value.len());
-    for c in cookie_pairs(value).filter(|c| !is_session_cookie(c, name)) {
+    for c in pairs(value.as_bytes()).filter(|c| !is_session_cookie(c, name)) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
         }
