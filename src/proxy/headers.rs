@@ -240,11 +240,7 @@ pub fn request_headers(mut h: HeaderMap, fw: &Forwarding<'_>) -> HeaderMap {
 /// Is this `name=value` pair one of the session's cookies (`NAME`, its chunks `NAME_1`...,
 /// the login cookies `NAME_csrf_STATE`)? Bytes, not text: a Cookie header may carry UTF-8.
 fn is_session_cookie(pair: &[u8], name: &str) -> bool {
-    let n = pair
-        .split(|&b| b == b'=')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    let n = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
     n == name.as_bytes()
         || n.strip_prefix(name.as_bytes())
             .and_then(|r| r.strip_prefix(b"_"))
