@@ -1,5 +1,6 @@
 //! For bench/run: writes a self-signed certificate and key for `localhost` into DIR and prints a
-//! `Cookie` header value holding a valid session for HOST, sealed with the given cookie secret.
+//! `Cookie` header value holding a valid session for HOST, sealed with the given cookie secret,
+//! as large as a real one (refresh and ID tokens included).
 //!
 //! usage: bench_setup DIR HOST COOKIE_SECRET_BASE64
 
@@ -36,8 +37,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into(),
         expires: now() + 24 * 3600,
         id_token_exp: now() + 24 * 3600,
-        refresh_token: None,
-        id_token: None,
+        // What a sign-in with a real IdP stores: its refresh token and the ID token (an RS256
+        // JWT of ~1 KB, as oidc-provider issues), so the cookie is as large as a real one.
+        refresh_token: Some(random_text(43)),
+        id_token: Some(format!(
+            "{}.{}.{}",
+            random_text(100),
+            random_text(500),
+            random_text(342)
+        )),
     };
     let sealed = CookieKey::new(&key)?
         .seal("session", host, &s)
@@ -55,4 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join("; ");
     println!("{cookie}");
     Ok(())
+}
+
+/// `n` random base64url characters (token-shaped filler).
+fn random_text(n: usize) -> String {
+    use base64::Engine;
+    let mut b = vec![0u8; n];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b);
+    t[..n].to_string()
 }
