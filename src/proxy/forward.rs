@@ -151,6 +151,8 @@ struct Idle {
     until: Instant,
 }
 
+/// Idle connections kept per upstream and worker.
+const IDLE_MAX: usize = 128;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_FOR: Duration = Duration::from_secs(60);
 /// How long before an upstream's announced keep-alive timeout (`Keep-Alive: timeout=N`) its
@@ -167,8 +169,6 @@ fn reuse_for(h: &http::HeaderMap) -> Duration {
             .min(IDLE_FOR)
     })
 }
-/// Idle connections kept per upstream and worker.
-const IDLE_MAX: usize = 128;
 
 impl Pool {
     fn put(&self, key: Arc<str>, conn: UpConn, reuse_for: Duration) {
