@@ -352,7 +352,9 @@ impl UpstreamClient {
                 Err(e) => return Err(Failure::Sent(e.msg)),
             }
         }
-        let mut conn = self.connect(up).await?;
+        // A new connection (DNS, TCP, maybe TLS) is the rare path on keep-alive: boxed, so
+        // every request's future does not carry its size.
+        let mut conn = Box::pin(self.connect(up)).await?;
         let w = writer(&mut conn, body);
         match exchange(conn, w).await {
             Ok((resp, ex)) => self.wrap(key, resp, ex, head_request),
@@ -833,7 +835,8 @@ pub async fn send(
                     .insert(http::header::HOST, up.host_header.clone());
             }
             let sent = if upgrade {
-                route.client.upgrade(up, req).await
+                // Boxed: rare, and large (a future is as large as its largest await).
+                Box::pin(route.client.upgrade(up, req)).await
             } else {
                 route.client.request(up, req, body.unread()).await
             };

@@ -196,7 +196,17 @@ async fn inner<'r>(
         }
     }
     if is_own_path(&target.path) {
-        return endpoints::serve(rt, shared, conn.https, target, &req, &mut cx.cookies).await;
+        // Boxed, as every path taken rarely here: a future is as large as its largest await,
+        // and the request future is moved whole into its connection (bench/README.md).
+        return Box::pin(endpoints::serve(
+            rt,
+            shared,
+            conn.https,
+            target,
+            &req,
+            &mut cx.cookies,
+        ))
+        .await;
     }
     let route = rt
         .routes
@@ -343,7 +353,7 @@ async fn session(
         return Some(s);
     }
     let oidc = rt.auth.oidc.as_ref()?;
-    match shared.refreshes.refresh(oidc, &s).await {
+    match Box::pin(shared.refreshes.refresh(oidc, &s)).await {
         Some(fresh) => {
             if let Some(sealed) = rt.auth.seal(&target.host, &fresh) {
                 cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
