@@ -54,6 +54,16 @@ impl RevocationStore for NoneRevoked {
     }
 }
 
+/// The Cookie headers a browser sends back after `jar` stored `sealed` (its `name=value` pairs).
+fn cookie_headers(jar: &CookieJar, sealed: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for v in jar.set_session(sealed, &http::HeaderMap::new()) {
+        let pair = v.to_str().expect("ascii").split(';').next().expect("pair");
+        headers.append(http::header::COOKIE, pair.parse().expect("header"));
+    }
+    headers
+}
+
 fn benches(c: &mut Criterion) {
     let policy = policy_100();
     let id = identity();
@@ -84,17 +94,7 @@ fn benches(c: &mut Criterion) {
         domain: None,
         max_age: std::time::Duration::from_secs(3600),
     };
-    let mut headers = http::HeaderMap::new();
-    for v in jar.set_session(&sealed, &http::HeaderMap::new()) {
-        let pair = v
-            .to_str()
-            .expect("ascii")
-            .split(';')
-            .next()
-            .expect("pair")
-            .to_string();
-        headers.append(http::header::COOKIE, pair.parse().expect("header"));
-    }
+    let headers = cookie_headers(&jar, &sealed);
     let store = NoneRevoked;
     c.bench_function("session cookie open (read, decrypt, decode, checks)", |b| {
         b.iter(|| {
@@ -112,15 +112,8 @@ fn benches(c: &mut Criterion) {
     let compiled = config::load_str(yaml, "bench.yaml", Path::new("."), &MapEnv::default())
         .expect("bench config");
     let (auth, _) = Auth::build(&compiled.settings, None).expect("auth");
-    let mut kept_headers = http::HeaderMap::new();
     let sealed_by_auth = auth.seal("openclaw.example.com", &session).expect("seal");
-    for v in auth
-        .jar
-        .set_session(&sealed_by_auth, &http::HeaderMap::new())
-    {
-        let pair = v.to_str().expect("ascii").split(';').next().expect("pair");
-        kept_headers.append(http::header::COOKIE, pair.parse().expect("header"));
-    }
+    let kept_headers = cookie_headers(&auth.jar, &sealed_by_auth);
     assert!(
         auth.open(&store, "openclaw.example.com", &kept_headers)
             .is_some(),
