@@ -1,7 +1,7 @@
 //! Counters for the admin listener's `/metrics` (Prometheus text format). Labels are bounded:
 //! route names from the config, a fixed set of methods, status classes — never raw paths.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;

@@ -5,10 +5,10 @@
 //! (its `iss`), or when a reload gave the route's place another upstream (its `aud`).
 
 use base64::Engine;
+use foldhash::{HashMap, HashMapExt};
 use http::HeaderValue;
 use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::session::now;

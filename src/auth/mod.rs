@@ -7,8 +7,8 @@ pub mod oidc;
 pub mod revoked;
 pub mod session;
 
+use foldhash::HashMap;
 use http::{HeaderMap, HeaderValue};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub struct Auth {
     /// Sessions this config opened recently, by [`Auth::tail_key`] (see [`Auth::open`]).
     opened: PerWorker<Mutex<HashMap<u64, Opened>>>,
     /// Keys the `opened` maps' hashes of cookie tails.
-    tails: std::hash::RandomState,
+    tails: foldhash::fast::RandomState,
     pub jar: CookieJar,
     pub oidc: Option<Arc<Oidc>>,
     pub signer: Arc<Signer>,
@@ -69,7 +69,7 @@ impl Auth {
             Auth {
                 key,
                 opened: PerWorker::default(),
-                tails: std::hash::RandomState::new(),
+                tails: foldhash::fast::RandomState::default(),
                 jar: CookieJar {
                     name: settings.cookie.name.clone(),
                     domain: settings.cookie.domain.clone(),
@@ -115,7 +115,7 @@ impl Auth {
                         m.clear();
                     }
                     let o = Opened {
-                        text: text.into_owned().into_boxed_str(),
+                        text: text.into_owned().into_boxed_slice(),
                         scope: scope.into(),
                         session: s.clone(),
                     };
@@ -134,8 +134,7 @@ impl Auth {
     /// end in the AEAD tag (random for every seal), so a 3 KB cookie is not hashed whole on
     /// every request. Equal keys are only a hint: the whole text is compared before an entry
     /// is used, and only cookies that opened are ever kept.
-    fn tail_key(&self, text: &str) -> u64 {
-        let b = text.as_bytes();
+    fn tail_key(&self, b: &[u8]) -> u64 {
         std::hash::BuildHasher::hash_one(&self.tails, (b.len(), &b[b.len().saturating_sub(32)..]))
     }
 
@@ -150,7 +149,7 @@ const OPENED_MAX: usize = 256;
 
 /// A session opened from a cookie's text, for the host scope it was sealed for.
 struct Opened {
-    text: Box<str>,
+    text: Box<[u8]>,
     scope: Box<str>,
     session: Arc<Session>,
 }
@@ -220,7 +219,7 @@ mod tests {
     fn auth() -> Auth {
         Auth {
             opened: PerWorker::default(),
-            tails: std::hash::RandomState::new(),
+            tails: foldhash::fast::RandomState::default(),
             key: Some(CookieKey::new(&[3; 32]).unwrap()),
             jar: CookieJar {
                 name: "_p".into(),

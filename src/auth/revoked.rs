@@ -1,8 +1,8 @@
 //! Revoked session ids: a small trait, and the embedded store (redb in `data_dir`) that
 //! survives a restart and forgets an id once its cookie would have expired.
 
+use foldhash::{HashMap, HashMapExt};
 use redb::{Database, ReadableTable, TableDefinition};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 

@@ -96,11 +96,18 @@ impl CookieKey {
     }
 
     /// Decrypts and checks a value sealed by [`seal`](Self::seal) with the same purpose and scope.
-    pub fn open<T: DeserializeOwned>(&self, purpose: &str, scope: &str, text: &str) -> Option<T> {
+    /// `text` is bytes: a session cookie is read from the Cookie header as it came.
+    pub fn open<T: DeserializeOwned>(
+        &self,
+        purpose: &str,
+        scope: &str,
+        text: &(impl AsRef<[u8]> + ?Sized),
+    ) -> Option<T> {
+        let text = text.as_ref();
         if text.len() > CHUNK * MAX_CHUNKS {
             return None;
         }
-        let mut raw = B64.decode(text.as_bytes()).ok()?;
+        let mut raw = B64.decode(text).ok()?;
         if raw.len() < NONCE_LEN + 16 {
             return None;
         }
@@ -207,22 +214,24 @@ impl CookieJar {
         out
     }
 
-    /// The session cookie's sealed text, reassembled from its chunks.
-    pub fn read_session<'h>(&self, headers: &'h HeaderMap) -> Option<Cow<'h, str>> {
-        let first = cookie(headers, &self.name)?;
-        let rest = first.strip_prefix(VERSION)?.strip_prefix('.')?;
-        let (n, head) = rest.split_once('.')?;
-        let n: usize = n.parse().ok()?;
+    /// The session cookie's sealed text, reassembled from its chunks: bytes as they came
+    /// (they are base64 when valid, and the AEAD decides that; no pass to check for UTF-8).
+    pub fn read_session<'h>(&self, headers: &'h HeaderMap) -> Option<Cow<'h, [u8]>> {
+        let first = cookie_bytes(headers, &self.name)?;
+        let rest = first.strip_prefix(VERSION.as_bytes())?.strip_prefix(b".")?;
+        let dot = memchr::memchr(b'.', rest)?;
+        let (n, head) = (&rest[..dot], &rest[dot + 1..]);
+        let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
         if n == 0 || n > MAX_CHUNKS {
             return None;
         }
         if n == 1 {
             return Some(Cow::Borrowed(head));
         }
-        let mut all = String::with_capacity(n * CHUNK);
-        all.push_str(head);
+        let mut all = Vec::with_capacity(n * CHUNK);
+        all.extend_from_slice(head);
         for i in 1..n {
-            all.push_str(cookie(headers, &format!("{}_{i}", self.name))?);
+            all.extend_from_slice(cookie_bytes(headers, &format!("{}_{i}", self.name))?);
         }
         Some(Cow::Owned(all))
     }
@@ -256,11 +265,16 @@ fn split_chunks(s: &str) -> Vec<&str> {
     v
 }
 
-/// The value of cookie `name` in the request (the first, if a client sent it twice).
+/// The value of cookie `name` in the request (the first, if a client sent it twice), as text.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_bytes(headers, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The value of cookie `name` in the request (the first, if a client sent it twice).
+fn cookie_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     cookie_pairs(headers)
         .find(|(k, _)| *k == name.as_bytes())
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .map(|(_, v)| v)
 }
 
 /// Every `name=value` pair of the request's Cookie headers, as bytes: browsers send values
@@ -410,7 +424,7 @@ mod tests {
             assert!(v.contains("; Secure; HttpOnly; SameSite=Lax"));
         }
         let req = request_with(&set);
-        assert_eq!(jar.read_session(&req).as_deref(), Some(sealed.as_str()));
+        assert_eq!(jar.read_session(&req).as_deref(), Some(sealed.as_bytes()));
         // Drop the middle chunk.
         let cookie_line = req[COOKIE].to_str().unwrap().to_string();
         let without: Vec<&str> = cookie_line

@@ -3,6 +3,7 @@
 //! timeouts → 502/504.
 
 use bytes::{Buf, Bytes, BytesMut};
+use foldhash::HashMap;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -11,7 +12,6 @@ use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
