@@ -12,7 +12,7 @@ use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
 use portcullis::auth::Auth;
 use portcullis::config::{self, MapEnv};
 use portcullis::policy::{evaluate, ClaimValue, Facts, Identity};
-use portcullis::proxy::headers;
+use portcullis::proxy::{h1, headers};
 
 fn identity() -> Identity {
     let mut claims = std::collections::BTreeMap::new();
@@ -209,32 +209,41 @@ fn benches(c: &mut Criterion) {
         ),
     ];
     let owned = [http::HeaderName::from_static("x-forwarded-user")];
-    c.bench_function(
-        "upstream request headers (browser request, 15 headers)",
-        |b| {
-            b.iter_batched(
-                || browser.clone(),
-                |h| {
-                    headers::request_headers(
-                        h,
-                        &headers::Forwarding {
-                            forwarded_for: &peer,
-                            https: true,
-                            authority: "openclaw.example.com",
-                            host_header: http::HeaderValue::from_static("127.0.0.1:18789"),
-                            websocket: false,
-                            cookie_name: "_portcullis",
-                            owned: &owned,
-                            remove: &[],
-                            set: &[],
-                            identity: &identity,
-                        },
-                    )
-                },
-                criterion::BatchSize::SmallInput,
-            )
-        },
-    );
+    let host = http::HeaderValue::from_static("127.0.0.1:18789");
+    let mut head = Vec::with_capacity(4096);
+    c.bench_function("upstream request head (browser request, 15 headers)", |b| {
+        b.iter_batched(
+            || browser.clone(),
+            |h| {
+                let up = headers::request_headers(
+                    h,
+                    headers::Forwarding {
+                        forwarded_for: &peer,
+                        https: true,
+                        authority: "openclaw.example.com",
+                        host_header: host.clone(),
+                        websocket: false,
+                        cookie_name: "_portcullis",
+                        owned: &owned,
+                        remove: &[],
+                        set: &[],
+                        identity: identity.to_vec(),
+                    },
+                );
+                head.clear();
+                h1::encode_request(
+                    &http::Method::GET,
+                    "/chat?session=main",
+                    &host,
+                    up.iter(),
+                    h1::ReqFraming::None,
+                    &mut head,
+                );
+                head.len()
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(hot_path, benches);

@@ -27,6 +27,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::error::ProxyError;
 use super::h1::{self, Chunk, Chunked, Framing, ReqFraming};
+use super::headers::UpstreamHeaders;
 use super::BoxError;
 use crate::policy::eval::Permitted;
 use crate::route::{Route, Upstream};
@@ -195,6 +196,14 @@ impl Pool {
     }
 }
 
+/// What the request head is written from.
+struct Head<'a> {
+    method: &'a http::Method,
+    path_and_query: &'a str,
+    host: &'a http::HeaderValue,
+    headers: &'a UpstreamHeaders<'a>,
+}
+
 /// A pooled client for one route's upstreams (HTTP/1.1, plain or TLS).
 ///
 /// A request drives its upstream connection itself — writing the request, reading the
@@ -314,28 +323,31 @@ impl UpstreamClient {
     async fn request(
         &self,
         up: &Upstream,
-        req: Request<UpBody>,
+        head: Head<'_>,
+        body: UpBody,
         retryable: bool,
     ) -> Result<Response<UpResponseBody>, Failure> {
-        let (parts, body) = req.into_parts();
-        let framing = h1::request_framing(
-            &parts.method,
-            body.is_end_stream(),
-            body.size_hint().exact(),
-        );
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let framing =
+            h1::request_framing(head.method, body.is_end_stream(), body.size_hint().exact());
         // The head is written into the connection's own buffer: no allocation per request.
         let writer = |conn: &mut UpConn, body: UpBody| {
             conn.head.clear();
-            h1::encode_request(&parts.method, pq, &parts.headers, framing, &mut conn.head);
+            h1::encode_request(
+                head.method,
+                head.path_and_query,
+                head.host,
+                head.headers.iter(),
+                framing,
+                &mut conn.head,
+            );
             Writer::new(conn.head.len(), body, framing)
         };
-        let head_request = parts.method == http::Method::HEAD;
+        let head_request = *head.method == http::Method::HEAD;
         // A reused connection the upstream closes without a byte of answer is the keep-alive
         // race (it closed an idle connection as the request arrived): an idempotent request
         // (RFC 9110 §9.2.2) with no body may go out again on a new connection.
         let idempotent = matches!(
-            parts.method,
+            *head.method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
         ) && framing == ReqFraming::None;
         let key = &up.pool_key;
@@ -794,23 +806,23 @@ impl HttpBody for UpResponseBody {
 }
 
 /// Sends the request to the route's upstreams: round-robin, and on a refused connection the
-/// next one (the body has not been read then). Only a [`Permitted`] request can be sent.
+/// next one (the body has not been read then). Only a [`Permitted`] request can be sent, and
+/// only with the headers `headers::request_headers` made.
 pub async fn send(
     route: &Route,
     _permitted: &Permitted,
     parts: http::request::Parts,
+    headers: UpstreamHeaders<'_>,
     path_and_query: String,
     body: UpBody,
 ) -> Result<Response<UpResponseBody>, ProxyError> {
-    let upgrade = parts.headers.contains_key(http::header::UPGRADE);
     let attempt = async {
-        let mut parts = parts;
         let mut pq = path_and_query;
         let mut order = route.upstream_order().peekable();
         while let Some(up) = order.next() {
             let last = order.peek().is_none();
-            // The last candidate takes the path and the parts (leaving empty ones behind);
-            // earlier ones get a copy for a fail-over.
+            // The last candidate takes the path (leaving an empty one behind); earlier ones
+            // get a copy for a fail-over.
             let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
                 let this = if last {
                     std::mem::take(&mut pq)
@@ -822,23 +834,29 @@ pub async fn send(
                 format!("{}{}", up.base_path, pq).parse()
             }
             .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            let this = if last {
-                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            let host = if route.preserve_host_header {
+                headers.host()
             } else {
-                parts.clone()
+                &up.host_header
             };
-            let mut req = Request::from_parts(this, body.retry());
-            *req.uri_mut() = http::Uri::from(path);
-            *req.version_mut() = http::Version::HTTP_11;
-            if !route.preserve_host_header {
-                req.headers_mut()
-                    .insert(http::header::HOST, up.host_header.clone());
-            }
-            let sent = if upgrade {
+            let sent = if headers.websocket() {
+                let mut req = Request::from_parts(parts.clone(), body.retry());
+                *req.uri_mut() = http::Uri::from(path);
+                *req.version_mut() = http::Version::HTTP_11;
+                *req.headers_mut() = headers.to_map(host);
                 // Boxed: rare, and large (a future is as large as its largest await).
                 Box::pin(route.client.upgrade(up, req)).await
             } else {
-                route.client.request(up, req, body.unread()).await
+                let head = Head {
+                    method: &parts.method,
+                    path_and_query: path.as_str(),
+                    host,
+                    headers: &headers,
+                };
+                route
+                    .client
+                    .request(up, head, body.retry(), body.unread())
+                    .await
             };
             match sent {
                 Ok(resp) => return Ok(resp),

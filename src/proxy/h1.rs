@@ -9,7 +9,7 @@
 //! `Content-Length`s refused, and a connection whose response carried both is not reused.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 /// The most a response head may take.
@@ -42,26 +42,25 @@ pub enum ReqFraming {
     Chunked,
 }
 
-/// Writes the request head: `headers` must have had their hop-by-hop fields removed already
-/// (`headers::request_headers`); the framing fields are this function's alone.
-pub fn encode_request(
+/// Writes the request head: `Host` first, then `headers`, which must have had their
+/// hop-by-hop fields removed already (`headers::request_headers`); the framing fields are
+/// this function's alone. `out` is the connection's buffer, kept from one request to the next.
+pub fn encode_request<'h>(
     method: &Method,
     path_and_query: &str,
-    headers: &HeaderMap,
+    host: &HeaderValue,
+    headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
     framing: ReqFraming,
     out: &mut Vec<u8>,
 ) {
-    let mut size = method.as_str().len() + path_and_query.len() + 40;
-    for (n, v) in headers {
-        size += n.as_str().len() + v.len() + 4;
-    }
-    out.reserve(size);
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(path_and_query.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (n, v) in headers {
-        if n == CONTENT_LENGTH || n == TRANSFER_ENCODING {
+        if n == CONTENT_LENGTH || n == TRANSFER_ENCODING || n == HOST {
             continue;
         }
         out.extend_from_slice(n.as_str().as_bytes());
@@ -439,21 +438,29 @@ mod tests {
     }
 
     #[test]
-    fn the_request_head_owns_its_framing() {
+    fn the_request_head_owns_its_framing_and_its_host() {
         let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("up"));
+        h.insert("host", HeaderValue::from_static("client"));
         h.insert("content-length", HeaderValue::from_static("999"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
+        let up = HeaderValue::from_static("up");
         let mut out = Vec::new();
-        encode_request(&Method::POST, "/p?q=1", &h, ReqFraming::Length(5), &mut out);
+        encode_request(
+            &Method::POST,
+            "/p?q=1",
+            &up,
+            h.iter(),
+            ReqFraming::Length(5),
+            &mut out,
+        );
         assert_eq!(
             &out[..],
             b"POST /p?q=1 HTTP/1.1\r\nhost: up\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
         );
         out.clear();
-        encode_request(&Method::GET, "/", &h, ReqFraming::None, &mut out);
+        encode_request(&Method::GET, "/", &up, h.iter(), ReqFraming::None, &mut out);
         assert_eq!(
             &out[..],
             b"GET / HTTP/1.1\r\nhost: up\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
@@ -462,13 +469,14 @@ mod tests {
         encode_request(
             &Method::PUT,
             "/",
-            &HeaderMap::new(),
+            &up,
+            HeaderMap::new().iter(),
             ReqFraming::Chunked,
             &mut out,
         );
         assert_eq!(
             &out[..],
-            b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"PUT / HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 

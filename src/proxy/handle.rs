@@ -276,13 +276,13 @@ async fn inner<'r>(
     } else {
         route.upstreams[0].host_header.clone()
     };
-    let identity_headers = match (&permitted.identity, sid) {
+    let identity = match (&permitted.identity, sid) {
         (Some(id), Some(sid)) => identity_headers(rt, route, target, route.from.https, id, &sid),
         _ => Vec::new(),
     };
-    parts.headers = headers::request_headers(
+    let headers = headers::request_headers(
         std::mem::take(&mut parts.headers),
-        &Forwarding {
+        Forwarding {
             forwarded_for: &conn.forwarded_for,
             https: route.from.https,
             authority: &target.authority,
@@ -292,7 +292,7 @@ async fn inner<'r>(
             owned: &route.owned_headers,
             remove: &route.remove_request_headers,
             set: &route.set_request_headers,
-            identity: &identity_headers,
+            identity,
         },
     );
     let body = if websocket {
@@ -300,7 +300,7 @@ async fn inner<'r>(
     } else {
         UpBody::new(body)
     };
-    let mut resp = forward::send(route, &permitted, parts, pq, body).await?;
+    let mut resp = forward::send(route, &permitted, parts, headers, pq, body).await?;
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
