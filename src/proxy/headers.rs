@@ -192,7 +192,7 @@ pub struct UpstreamHeaders<'a> {
     cookies: Option<Vec<HeaderValue>>,
     /// Set by the proxy, each name once: a later setting of a name replaces an earlier one,
     /// and every one replaces the client's headers of that name.
-    added: Vec<(HeaderName, HeaderValue)>,
+    added: Added,
     host: HeaderValue,
     websocket: bool,
 }
@@ -207,7 +207,7 @@ impl UpstreamHeaders<'_> {
             .iter()
             .filter(|(n, _)| !self.dropped(n))
             .chain(self.cookies.iter().flatten().map(|v| (&COOKIE, v)))
-            .chain(self.added.iter().map(|(n, v)| (n, v)))
+            .chain(self.added.list.iter().map(|(n, v)| (n, v)))
     }
 
     /// A client header the upstream never gets: `Host` (the upstream's is written), one the
@@ -221,7 +221,7 @@ impl UpstreamHeaders<'_> {
             || name == header::CONTENT_LENGTH
             || is_spoofable(name.as_str(), self.owned)
             || self.remove.contains(name)
-            || self.added.iter().any(|(n, _)| n == name)
+            || self.added.contains(name)
     }
 
     /// `Host` when the route preserves the client's; else each upstream's own is written.
@@ -236,7 +236,7 @@ impl UpstreamHeaders<'_> {
 
     /// The same headers as a map, `Host` first, for hyper's client (WebSocket upgrades).
     pub fn to_map(&self, host: &HeaderValue) -> HeaderMap {
-        let mut m = HeaderMap::with_capacity(self.client.len() + self.added.len() + 1);
+        let mut m = HeaderMap::with_capacity(self.client.len() + self.added.list.len() + 1);
         m.insert(header::HOST, host.clone());
         for (n, v) in self.iter() {
             m.append(n.clone(), v.clone());
@@ -245,11 +245,40 @@ impl UpstreamHeaders<'_> {
     }
 }
 
-/// Sets `name` as `HeaderMap::insert` would: in its first place, the last value.
-fn set(added: &mut Vec<(HeaderName, HeaderValue)>, name: HeaderName, value: HeaderValue) {
-    match added.iter_mut().find(|(n, _)| *n == name) {
-        Some(slot) => slot.1 = value,
-        None => added.push((name, value)),
+/// The headers the proxy sets, each name once, and a mask of bits derived from their names,
+/// so that telling whether a client's header is one of them rarely compares names.
+struct Added {
+    list: Vec<(HeaderName, HeaderValue)>,
+    mask: u64,
+}
+
+impl Added {
+    /// One bit per name, from its length and last byte (enough to tell apart the few names
+    /// set per request; equal bits only lead to comparing the names).
+    fn bit(name: &HeaderName) -> u64 {
+        let b = name.as_str().as_bytes();
+        let last = b.last().copied().unwrap_or(0);
+        1 << ((b.len() as u32)
+            .wrapping_mul(7)
+            .wrapping_add(u32::from(last))
+            & 63)
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.mask & Added::bit(name) != 0 && self.list.iter().any(|(n, _)| n == name)
+    }
+
+    /// Sets `name` as `HeaderMap::insert` would: in its first place, the last value.
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let bit = Added::bit(&name);
+        if self.mask & bit != 0 {
+            if let Some(slot) = self.list.iter_mut().find(|(n, _)| *n == name) {
+                slot.1 = value;
+                return;
+            }
+        }
+        self.mask |= bit;
+        self.list.push((name, value));
     }
 }
 
@@ -268,37 +297,32 @@ pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> 
                 .filter_map(|v| strip_cookie(v, fw.cookie_name))
                 .collect()
         });
-    let mut added = Vec::with_capacity(5 + fw.set.len() + fw.identity.len());
+    let mut added = Added {
+        list: Vec::with_capacity(5 + fw.set.len() + fw.identity.len()),
+        mask: 0,
+    };
     // X-Forwarded-Host is the Host the client sent: the same bytes, shared rather than copied.
     let forwarded_host = match h.get(header::HOST) {
         Some(v) if v.as_bytes() == fw.authority.as_bytes() => Some(v.clone()),
         _ => HeaderValue::from_str(fw.authority).ok(),
     };
     if let Some(v) = forwarded_host {
-        added.push((X_FORWARDED_HOST, v));
+        added.set(X_FORWARDED_HOST, v);
     }
-    added.push((X_FORWARDED_FOR, fw.forwarded_for.clone()));
-    added.push((
+    added.set(X_FORWARDED_FOR, fw.forwarded_for.clone());
+    added.set(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if fw.https { "https" } else { "http" }),
-    ));
+    );
     for (k, v) in fw.set {
-        set(&mut added, k.clone(), v.clone());
+        added.set(k.clone(), v.clone());
     }
     for (k, v) in fw.identity {
-        set(&mut added, k, v);
+        added.set(k, v);
     }
     if fw.websocket {
-        set(
-            &mut added,
-            header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
-        set(
-            &mut added,
-            header::UPGRADE,
-            HeaderValue::from_static("websocket"),
-        );
+        added.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        added.set(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     UpstreamHeaders {
         client: h,
@@ -590,6 +614,34 @@ mod tests {
         for w in &written {
             assert!(mapped.contains(w), "{w:?}");
         }
+    }
+
+    #[test]
+    fn names_with_the_same_mask_bit_are_told_apart() {
+        let (a, b, c) = (
+            HeaderName::from_static("x-ab"),
+            HeaderName::from_static("x-cb"),
+            HeaderName::from_static("x-db"),
+        );
+        assert_eq!(Added::bit(&a), Added::bit(&b));
+        assert_eq!(Added::bit(&a), Added::bit(&c));
+        let mut added = Added {
+            list: Vec::new(),
+            mask: 0,
+        };
+        added.set(a.clone(), HeaderValue::from_static("1"));
+        added.set(b.clone(), HeaderValue::from_static("2"));
+        added.set(a.clone(), HeaderValue::from_static("3"));
+        assert!(added.contains(&a) && added.contains(&b));
+        assert!(!added.contains(&c));
+        assert!(!added.contains(&HeaderName::from_static("accept")));
+        assert_eq!(
+            added.list,
+            [
+                (a, HeaderValue::from_static("3")),
+                (b, HeaderValue::from_static("2"))
+            ]
+        );
     }
 
     #[test]
