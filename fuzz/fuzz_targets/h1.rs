@@ -6,6 +6,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use portcullis::proxy::h1::{self, Chunk, Chunked};
+use portcullis::proxy::headers::HopByHop;
 
 /// Heads and framing found, the body decoded, what was left: fed `step` bytes at a time.
 fn read(data: &[u8], step: usize) -> (Vec<String>, Vec<u8>, Option<h1::H1Error>, usize) {
@@ -18,7 +19,7 @@ fn read(data: &[u8], step: usize) -> (Vec<String>, Vec<u8>, Option<h1::H1Error>,
         match &mut chunked {
             None => match h1::parse_head(&mut buf) {
                 Ok(Some(r)) => {
-                    let f = h1::response_framing(false, &r);
+                    let f = h1::response_framing(false, &r, &HopByHop::of(r.headers()));
                     let timeout = h1::keep_alive_timeout(r.headers());
                     heads.push(format!(
                         "{} {:?} {:?} {timeout:?}",

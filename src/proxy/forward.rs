@@ -27,7 +27,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::error::ProxyError;
 use super::h1::{self, Chunk, Chunked, Framing, ReqFraming};
-use super::headers::UpstreamHeaders;
+use super::headers::{self, HopByHop, UpstreamHeaders};
 use super::BoxError;
 use crate::policy::eval::Permitted;
 use crate::route::{Route, Upstream};
@@ -312,10 +312,12 @@ impl UpstreamClient {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let resp = sender
+        let mut resp = sender
             .send_request(req)
             .await
             .map_err(|e| Failure::Sent(error_chain(&e)))?;
+        let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        headers::response_headers(resp.headers_mut(), switched);
         Ok(resp.map(UpResponseBody::Upgrade))
     }
 
@@ -381,9 +383,14 @@ impl UpstreamClient {
         ex: Exchange,
         head_request: bool,
     ) -> Result<Response<UpResponseBody>, Failure> {
-        let (framing, keep_alive) =
-            h1::response_framing(head_request, &resp).map_err(|e| Failure::Sent(e.to_string()))?;
-        let reuse_for = reuse_for(resp.headers());
+        let hop = HopByHop::of(resp.headers());
+        let (framing, keep_alive) = h1::response_framing(head_request, &resp, &hop)
+            .map_err(|e| Failure::Sent(e.to_string()))?;
+        let reuse_for = if hop.has(&h1::KEEP_ALIVE) {
+            reuse_for(resp.headers())
+        } else {
+            IDLE_FOR
+        };
         let mut body = RawBody {
             ex: Some(ex),
             state: match framing {
@@ -404,6 +411,7 @@ impl UpstreamClient {
             // Sent beside `Transfer-Encoding`, it is not the length (RFC 9112 §6.3).
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
+        hop.strip_response(resp.headers_mut(), false);
         // A response without a body may never be polled: the connection is free now.
         if matches!(body.state, BodyState::Length(0)) {
             body.finish();

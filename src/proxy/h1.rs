@@ -12,11 +12,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
+use super::headers::HopByHop;
+
 /// The most a response head may take.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Keep-Alive`: where an upstream announces its idle timeout (see [`keep_alive_timeout`]).
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// The most bytes of chunk extensions per chunk, and of trailer fields per body.
 const MAX_EXT: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -166,12 +169,15 @@ pub enum Framing {
 }
 
 /// A response's framing (RFC 9112 §6.3) and whether its connection may carry another request.
+/// `hop` is what the response has of the hop-by-hop headers (`headers::HopByHop::of`): the
+/// framing headers it does not have are not looked up.
 pub fn response_framing(
     head_request: bool,
     resp: &Response<()>,
+    hop: &HopByHop,
 ) -> Result<(Framing, bool), H1Error> {
     let h = resp.headers();
-    let mut keep_alive = keep_alive(resp.version(), h);
+    let mut keep_alive = keep_alive(resp.version(), hop.has(&CONNECTION).then_some(h));
     let status = resp.status();
     if head_request
         || status.is_informational()
@@ -180,7 +186,7 @@ pub fn response_framing(
     {
         return Ok((Framing::Length(0), keep_alive));
     }
-    if h.contains_key(TRANSFER_ENCODING) {
+    if hop.has(&TRANSFER_ENCODING) {
         if resp.version() == Version::HTTP_10 {
             return Err(H1Error("Transfer-Encoding in an HTTP/1.0 response"));
         }
@@ -224,10 +230,11 @@ fn parse_length(s: &[u8]) -> Result<u64, H1Error> {
     Ok(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-fn keep_alive(version: Version, h: &HeaderMap) -> bool {
+/// `h`: the headers, when they have a `Connection` header.
+fn keep_alive(version: Version, h: Option<&HeaderMap>) -> bool {
     let mut close = false;
     let mut keep = false;
-    for v in h.get_all(CONNECTION) {
+    for v in h.into_iter().flat_map(|h| h.get_all(CONNECTION)) {
         for t in v.as_bytes().split(|&b| b == b',') {
             let t = t.trim_ascii();
             close |= t.eq_ignore_ascii_case(b"close");
@@ -394,7 +401,7 @@ mod tests {
 
     fn framing(s: &str) -> Result<(Framing, bool), H1Error> {
         let r = head(s)?.ok_or(H1Error("partial"))?;
-        response_framing(false, &r)
+        response_framing(false, &r, &HopByHop::of(r.headers()))
     }
 
     #[test]
@@ -592,7 +599,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            response_framing(true, &r),
+            response_framing(true, &r, &HopByHop::of(r.headers())),
             Ok((Length(0), true)),
             "a HEAD response has no body"
         );

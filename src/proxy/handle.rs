@@ -330,8 +330,8 @@ async fn inner<'r>(
             websocket::splice(client_upgrade, upstream_upgrade, name, ends).await;
         });
     }
-    let (mut rparts, rbody) = resp.into_parts();
-    headers::response_headers(&mut rparts.headers, upgraded);
+    // `forward` gives a response without hop-by-hop headers (but a 101's upgrade).
+    let (rparts, rbody) = resp.into_parts();
     let body = match route.idle_timeout {
         Some(idle) if !upgraded => forward::IdleBody::new(rbody, idle).boxed(),
         _ => rbody.map_err(Into::into).boxed(),
