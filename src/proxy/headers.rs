@@ -306,16 +306,7 @@ impl Added {
 /// and the identity headers are set.
 pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> {
     let hop = HopByHop::of(&h);
-    let cookies = h
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| has_session_cookie(v, fw.cookie_name))
-        .then(|| {
-            h.get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| strip_cookie(v, fw.cookie_name))
-                .collect()
-        });
+    let cookies = without_session_cookies(&h, fw.cookie_name);
     let mut added = Added {
         list: Vec::with_capacity(5 + fw.set.len() + fw.identity.len()),
         mask: 0,
@@ -365,29 +356,59 @@ fn is_session_cookie(pair: &[u8], name: &str) -> bool {
             .is_some_and(|r| !r.is_empty())
 }
 
-/// Does this Cookie header carry one of the session's cookies?
-fn has_session_cookie(value: &HeaderValue, name: &str) -> bool {
-    pairs(value.as_bytes()).any(|c| is_session_cookie(c, name))
+/// The request's Cookie headers without the session's cookies, or `None` when they carry none
+/// (they pass as they are). One pass over each header: a signed-in browser's is kilobytes.
+fn without_session_cookies(h: &HeaderMap, name: &str) -> Option<Vec<HeaderValue>> {
+    let mut out: Option<Vec<HeaderValue>> = None;
+    for (i, v) in h.get_all(header::COOKIE).iter().enumerate() {
+        match strip_cookie(v, name) {
+            Stripped::Untouched => {
+                if let Some(o) = &mut out {
+                    o.push(v.clone());
+                }
+            }
+            Stripped::To(kept) => {
+                let o = out.get_or_insert_with(|| {
+                    h.get_all(header::COOKIE).iter().take(i).cloned().collect()
+                });
+                o.extend(kept);
+            }
+        }
+    }
+    out
+}
+
+/// One Cookie header without the session's cookies.
+enum Stripped {
+    /// It carries none of them.
+    Untouched,
+    /// What is left of it, if anything.
+    To(Option<HeaderValue>),
 }
 
 /// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookies `NAME_csrf_*`)
-/// from a Cookie header; `None` if nothing is left.
-fn strip_cookie(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
-    if !has_session_cookie(value, name) {
-        return Some(value.clone());
-    }
-    let mut kept = Vec::with_capacity(value.len());
-    for c in pairs(value.as_bytes()).filter(|c| !is_session_cookie(c, name)) {
+/// from a Cookie header, in one pass.
+fn strip_cookie(value: &HeaderValue, name: &str) -> Stripped {
+    let mut found = false;
+    let mut kept = Vec::new();
+    for c in pairs(value.as_bytes()) {
+        if is_session_cookie(c, name) {
+            found = true;
+            continue;
+        }
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
         }
         kept.extend_from_slice(c);
     }
+    if !found {
+        return Stripped::Untouched;
+    }
     if kept.is_empty() {
-        return None;
+        return Stripped::To(None);
     }
     // The client's own bytes, which were a valid value, joined by "; ": valid again.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok()
+    Stripped::To(HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
 }
 
 /// Response headers from the upstream, without hop-by-hop ones (kept for a 101).
@@ -734,6 +755,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("_portcullis=s"));
         assert!(!upstream(h.clone(), fw(&[])).contains_key("cookie"));
+        // Headers before the first that carries the session pass too, in their order.
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("x=1"));
+        h.append("cookie", HeaderValue::from_static("_portcullis=s; y=2"));
+        h.append("cookie", HeaderValue::from_static("z=3"));
+        let out = upstream(h, fw(&[]));
+        let cookies: Vec<_> = out.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["x=1", "y=2", "z=3"]);
+        // Without the session's cookies, the headers pass as they came.
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1;b=2"));
+        let out = upstream(h, fw(&[]));
+        assert_eq!(out["cookie"], "a=1;b=2");
     }
 
     #[test]
