@@ -526,3 +526,49 @@ async fn an_upstream_keep_alive_timeout_is_honoured_before_it_strikes() {
     assert_ne!(conn_of("/after"), conn_of("/one-second"));
     assert_eq!(got.len(), 5, "{got:?}");
 }
+
+/// `/hang` is never answered (its connection stays open); anything else is, with keep-alive.
+fn script_hang(g: &Got) -> (Vec<u8>, bool) {
+    if g.path() == "/hang" {
+        return (Vec::new(), false);
+    }
+    let body = g.path();
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    (reply.into_bytes(), false)
+}
+
+#[tokio::test]
+async fn the_route_timeout_is_each_requests_own_on_a_reused_connection() {
+    let up = Scripted::start(script_hang).await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://app.test\n    to: {}\n    timeout: 400ms\n    allow_public_unauthenticated_access: true\n",
+        up.url()
+    ))
+    .await;
+    let mut c = Client::new(&p).await;
+    // Each request gets the whole timeout, on a connection whose deadline (kept with it) was
+    // set by the request before: moved later while in use, passed while idle in the pool.
+    for (path, idle) in [("/a", 250), ("/b", 250), ("/c", 700), ("/d", 0)] {
+        let r = c.req("GET", path, b"").await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, path));
+        tokio::time::sleep(Duration::from_millis(idle)).await;
+    }
+    // An answer that does not come is a 504, and its connection is not used again.
+    assert_eq!(c.req("GET", "/hang", b"").await.status.as_u16(), 504);
+    let r = c.req("GET", "/after", b"").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "/after"));
+
+    let got = up.got();
+    let conn_of = |path: &str| got.iter().find(|g| g.path() == path).unwrap().conn;
+    for path in ["/b", "/c", "/d", "/hang"] {
+        assert_eq!(
+            conn_of(path),
+            conn_of("/a"),
+            "{path} not on the reused connection"
+        );
+    }
+    assert_ne!(conn_of("/after"), conn_of("/hang"));
+}

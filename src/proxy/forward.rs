@@ -111,6 +111,10 @@ struct UpConn {
     head: Vec<u8>,
     /// The room asked for before the next read.
     room: usize,
+    /// The route's deadline for the response head, kept with the connection: each request
+    /// moves it later (`Sleep::reset` to a later instant does not touch the timer wheel),
+    /// where a timer per request would be registered and removed again (bench/README.md).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl UpConn {
@@ -253,6 +257,7 @@ impl UpstreamClient {
             buf: BytesMut::new(),
             head: Vec::new(),
             room: READ_ROOM,
+            timer: None,
         })
     }
 
@@ -328,6 +333,7 @@ impl UpstreamClient {
         head: Head<'_>,
         body: UpBody,
         retryable: bool,
+        deadline: Option<Instant>,
     ) -> Result<Response<UpResponseBody>, Failure> {
         let framing =
             h1::request_framing(head.method, body.is_end_stream(), body.size_hint().exact());
@@ -358,8 +364,9 @@ impl UpstreamClient {
                 continue;
             }
             let w = writer(&mut conn, body.retry());
-            match exchange(conn, w).await {
+            match exchange(conn, w, deadline).await {
                 Ok((resp, ex)) => return self.wrap(key, resp, ex, head_request),
+                Err(e) if e.timed_out => return Err(Failure::Timeout),
                 Err(e) if retryable && body.unread() && (e.unsent || (idempotent && e.silent)) => {
                     tracing::debug!(error = %e.msg, "pooled upstream connection was closed; retrying on a new one");
                 }
@@ -368,10 +375,19 @@ impl UpstreamClient {
         }
         // A new connection (DNS, TCP, maybe TLS) is the rare path on keep-alive: boxed, so
         // every request's future does not carry its size.
-        let mut conn = Box::pin(self.connect(up)).await?;
+        let mut conn = Box::pin(async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), self.connect(up))
+                    .await
+                    .map_err(|_| Failure::Timeout)?,
+                None => self.connect(up).await,
+            }
+        })
+        .await?;
         let w = writer(&mut conn, body);
-        match exchange(conn, w).await {
+        match exchange(conn, w, deadline).await {
             Ok((resp, ex)) => self.wrap(key, resp, ex, head_request),
+            Err(e) if e.timed_out => Err(Failure::Timeout),
             Err(e) => Err(Failure::Sent(e.msg)),
         }
     }
@@ -425,6 +441,8 @@ enum Failure {
     Connect(String),
     /// The request may have reached the upstream.
     Sent(String),
+    /// The route's `timeout` passed before the response head arrived.
+    Timeout,
 }
 
 /// Why an exchange failed, and whether the request may go out again on another connection.
@@ -434,6 +452,8 @@ struct ExchangeError {
     unsent: bool,
     /// The upstream closed the connection without sending a byte.
     silent: bool,
+    /// The route's deadline passed first.
+    timed_out: bool,
 }
 
 /// The request on its way out: the head, then the body as the client sends it, framed.
@@ -605,8 +625,19 @@ impl Exchange {
     }
 }
 
-/// Writes the request and reads the response head (1xx interim responses skipped).
-async fn exchange(conn: UpConn, writer: Writer) -> Result<(Response<()>, Exchange), ExchangeError> {
+/// Writes the request and reads the response head (1xx interim responses skipped), by the
+/// route's deadline if it has one.
+async fn exchange(
+    mut conn: UpConn,
+    writer: Writer,
+    deadline: Option<Instant>,
+) -> Result<(Response<()>, Exchange), ExchangeError> {
+    if let Some(d) = deadline {
+        match &mut conn.timer {
+            Some(t) => t.as_mut().reset(d.into()),
+            None => conn.timer = Some(Box::pin(tokio::time::sleep_until(d.into()))),
+        }
+    }
     let mut ex = Exchange {
         conn,
         writer,
@@ -621,6 +652,7 @@ async fn exchange(conn: UpConn, writer: Writer) -> Result<(Response<()>, Exchang
             },
             unsent: !ex.writer.wrote,
             silent: !heard,
+            timed_out: false,
         };
         if let Err(e) = ex.poll_write(cx) {
             return Poll::Ready(Err(fail(e, heard, &ex)));
@@ -652,7 +684,16 @@ async fn exchange(conn: UpConn, writer: Writer) -> Result<(Response<()>, Exchang
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(error_chain(&e), heard, &ex))),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Every return of `Pending` has polled the timer, so it will wake us.
+                    let timer = deadline.and(ex.conn.timer.as_mut());
+                    if timer.is_some_and(|t| t.as_mut().poll(cx).is_ready()) {
+                        let mut e = fail("the route's timeout passed".into(), heard, &ex);
+                        e.timed_out = true;
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     })
@@ -824,70 +865,74 @@ pub async fn send(
     path_and_query: String,
     body: UpBody,
 ) -> Result<Response<UpResponseBody>, ProxyError> {
-    let attempt = async {
-        let mut pq = path_and_query;
-        let mut order = route.upstream_order().peekable();
-        while let Some(up) = order.next() {
-            let last = order.peek().is_none();
-            // The last candidate takes the path (leaving an empty one behind); earlier ones
-            // get a copy for a fail-over.
-            let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
-                let this = if last {
-                    std::mem::take(&mut pq)
-                } else {
-                    pq.clone()
-                };
-                http::uri::PathAndQuery::from_maybe_shared(Bytes::from(this))
+    // One deadline for every attempt: the connection's timer (`UpConn::timer`) on the usual
+    // path, a timer of its own for a new connection or an upgrade.
+    let deadline = route.timeout.map(|t| Instant::now() + t);
+    let mut pq = path_and_query;
+    let mut order = route.upstream_order().peekable();
+    while let Some(up) = order.next() {
+        let last = order.peek().is_none();
+        // The last candidate takes the path (leaving an empty one behind); earlier ones
+        // get a copy for a fail-over.
+        let path: http::uri::PathAndQuery = if up.base_path.is_empty() {
+            let this = if last {
+                std::mem::take(&mut pq)
             } else {
-                format!("{}{}", up.base_path, pq).parse()
-            }
-            .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
-            let host = if route.preserve_host_header {
-                headers.host()
-            } else {
-                &up.host_header
+                pq.clone()
             };
-            let sent = if headers.websocket() {
-                let mut req = Request::from_parts(parts.clone(), body.retry());
-                *req.uri_mut() = http::Uri::from(path);
-                *req.version_mut() = http::Version::HTTP_11;
-                *req.headers_mut() = headers.to_map(host);
-                // Boxed: rare, and large (a future is as large as its largest await).
-                Box::pin(route.client.upgrade(up, req)).await
-            } else {
-                let head = Head {
-                    method: &parts.method,
-                    path_and_query: path.as_str(),
-                    host,
-                    headers: &headers,
-                };
-                route
-                    .client
-                    .request(up, head, body.retry(), body.unread())
-                    .await
-            };
-            match sent {
-                Ok(resp) => return Ok(resp),
-                Err(Failure::Connect(e)) => {
-                    tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream connection failed");
-                    if !body.unread() {
-                        return Err(ProxyError::UpstreamUnavailable);
-                    }
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(this))
+        } else {
+            format!("{}{}", up.base_path, pq).parse()
+        }
+        .map_err(|_| ProxyError::BadRequest("the path cannot be forwarded".into()))?;
+        let host = if route.preserve_host_header {
+            headers.host()
+        } else {
+            &up.host_header
+        };
+        let sent = if headers.websocket() {
+            let mut req = Request::from_parts(parts.clone(), body.retry());
+            *req.uri_mut() = http::Uri::from(path);
+            *req.version_mut() = http::Version::HTTP_11;
+            *req.headers_mut() = headers.to_map(host);
+            // Boxed: rare, and large (a future is as large as its largest await).
+            Box::pin(async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), route.client.upgrade(up, req))
+                        .await
+                        .unwrap_or(Err(Failure::Timeout)),
+                    None => route.client.upgrade(up, req).await,
                 }
-                Err(Failure::Sent(e)) => {
-                    tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream request failed");
+            })
+            .await
+        } else {
+            let head = Head {
+                method: &parts.method,
+                path_and_query: path.as_str(),
+                host,
+                headers: &headers,
+            };
+            route
+                .client
+                .request(up, head, body.retry(), body.unread(), deadline)
+                .await
+        };
+        match sent {
+            Ok(resp) => return Ok(resp),
+            Err(Failure::Connect(e)) => {
+                tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream connection failed");
+                if !body.unread() {
                     return Err(ProxyError::UpstreamUnavailable);
                 }
             }
+            Err(Failure::Sent(e)) => {
+                tracing::warn!(route = %route.name, upstream = %up.authority, error = %e, "upstream request failed");
+                return Err(ProxyError::UpstreamUnavailable);
+            }
+            Err(Failure::Timeout) => return Err(ProxyError::UpstreamTimeout),
         }
-        Err(ProxyError::UpstreamUnavailable)
-    };
-    match route.timeout {
-        Some(t) => tokio::time::timeout(t, attempt)
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?,
-        None => attempt.await,
     }
+    Err(ProxyError::UpstreamUnavailable)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
