@@ -69,6 +69,8 @@ impl PathMatch {
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// The authority's host (`[…]` for IPv6), taken out once: the assertion's audience.
+    pub host: Box<str>,
     /// The `to` URL's path without its trailing `/` (empty for none), put in front of the
     /// forwarded path.
     pub base_path: String,
@@ -98,6 +100,7 @@ impl Upstream {
         Ok(Upstream {
             pool_key: std::sync::Arc::from(format!("{scheme}://{authority}")),
             scheme,
+            host: authority.host().into(),
             authority,
             base_path: u.path().trim_end_matches('/').to_string(),
             host_header,

@@ -99,9 +99,9 @@ impl Identity {
 
     /// The domain part of a usable email.
     pub fn email_domain(&self) -> Option<&str> {
+        // The first `@`, as `split_once` would find it, by `memchr` (once per request).
         self.usable_email()
-            .and_then(|e| e.split_once('@'))
-            .map(|(_, d)| d)
+            .and_then(|e| memchr::memchr(b'@', e.as_bytes()).map(|i| &e[i + 1..]))
     }
 }
 

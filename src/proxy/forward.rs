@@ -263,7 +263,7 @@ impl UpstreamClient {
 
     async fn open(&self, up: &Upstream) -> io::Result<UpIo> {
         let https = up.scheme == http::uri::Scheme::HTTPS;
-        let host = up.authority.host();
+        let host = &*up.host;
         let port = up
             .authority
             .port_u16()

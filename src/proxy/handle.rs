@@ -381,7 +381,7 @@ fn identity_headers(
     sid: &[u8; 16],
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    let audience = route.upstreams[0].authority.host();
+    let audience = &route.upstreams[0].host;
     if let Some(v) =
         rt.auth
             .signer

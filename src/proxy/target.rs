@@ -193,12 +193,22 @@ fn parse_host(s: &str) -> Result<(String, Option<u16>), TargetError> {
         return Err(TargetError::BadHost);
     }
     let a: http::uri::Authority = s.parse().map_err(|_| TargetError::BadHost)?;
-    let host = a.host();
+    let host = host_of(a.as_str());
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host.is_empty() {
         return Err(TargetError::BadHost);
     }
     Ok((host, a.port_u16()))
+}
+
+/// The host of a valid authority without userinfo (refused before): `[…]` for IPv6, else up to
+/// the port. `Authority::host` gives the same, but looks for userinfo from the end first.
+fn host_of(a: &str) -> &str {
+    if a.starts_with('[') {
+        a.find(']').map_or(a, |i| &a[..=i])
+    } else {
+        a.split_once(':').map_or(a, |(h, _)| h)
+    }
 }
 
 /// Reads and checks the request target and Host of a request.
@@ -343,6 +353,23 @@ mod tests {
         for p in ["/a/../b//c/./d/", "/%2e%2e/x%20y", "/x;y/z"] {
             let once = normalize_path(p).unwrap();
             assert_eq!(normalize_path(&once).unwrap(), once);
+        }
+    }
+
+    #[test]
+    fn host_of_is_the_authoritys_host() {
+        for a in [
+            "a.test",
+            "A.Test.:8080",
+            "a.test:",
+            "127.0.0.1:443",
+            "[::1]",
+            "[::1]:443",
+            "[fe80::1%25eth0]:80",
+            "xn--bcher-kva.example",
+        ] {
+            let parsed: http::uri::Authority = a.parse().unwrap();
+            assert_eq!(host_of(parsed.as_str()), parsed.host(), "{a}");
         }
     }
 
