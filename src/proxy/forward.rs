@@ -115,6 +115,8 @@ struct UpConn {
     /// moves it later (`Sleep::reset` to a later instant does not touch the timer wheel),
     /// where a timer per request would be registered and removed again (bench/README.md).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The names of the last response head read on it (see `h1::Names`).
+    names: h1::Names,
 }
 
 impl UpConn {
@@ -258,6 +260,7 @@ impl UpstreamClient {
             head: Vec::new(),
             room: READ_ROOM,
             timer: None,
+            names: h1::Names::default(),
         })
     }
 
@@ -660,7 +663,7 @@ async fn exchange(
         loop {
             if !ex.conn.buf.is_empty() {
                 heard = true;
-                match h1::parse_head(&mut ex.conn.buf) {
+                match h1::parse_head(&mut ex.conn.buf, &mut ex.conn.names) {
                     Err(e) => return Poll::Ready(Err(fail(e.to_string(), heard, &ex))),
                     Ok(Some(r)) if r.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                         return Poll::Ready(Err(fail(

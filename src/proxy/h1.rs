@@ -101,9 +101,36 @@ pub fn request_framing(method: &Method, empty: bool, exact: Option<u64>) -> ReqF
     }
 }
 
+/// The header names of the last response head read on a connection, by position, as they
+/// came and as parsed: an upstream sends the same names in the same order, and comparing a
+/// name's bytes costs less than parsing it again (and a custom name is then shared, not
+/// copied). Owned copies: a slice of the head would keep the read buffer from being reused.
+#[derive(Default)]
+pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// The name at `i` whose bytes are `raw`.
+    fn get(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
+        if let Some((b, n)) = self.0.get(i) {
+            if **b == *raw {
+                return Ok(n.clone());
+            }
+        }
+        let n =
+            HeaderName::from_bytes(raw).map_err(|_| H1Error("malformed response header name"))?;
+        let entry = (Box::from(raw), n.clone());
+        match self.0.get_mut(i) {
+            Some(slot) => *slot = entry,
+            None => self.0.push(entry),
+        }
+        Ok(n)
+    }
+}
+
 /// Parses a response head from the front of `buf`, taking it out of `buf` when complete. The
-/// header values share the head's bytes (no copy per value). `Ok(None)`: not complete yet.
-pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
+/// header values share the head's bytes (no copy per value); `names` are the connection's.
+/// `Ok(None)`: not complete yet.
+pub fn parse_head(buf: &mut BytesMut, names: &mut Names) -> Result<Option<Response<()>>, H1Error> {
     // (name start, name end, value start, value end) in the head, which is at most MAX_HEAD.
     let mut spans = [[0u32; 4]; MAX_HEADERS];
     // Left uninitialized: httparse fills what it parses (8 KiB less to clear per response).
@@ -144,10 +171,10 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, H1Error> {
         .ok_or(H1Error("malformed status code"))?;
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &[ns, ne, vs, ve] in &spans[..count] {
+    for (i, &[ns, ne, vs, ve]) in spans[..count].iter().enumerate() {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| H1Error("malformed response header name"))?;
+        // `i` is at most the cache's length: positions are visited in order from 0.
+        let name = names.get(i, &head[ns..ne])?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| H1Error("malformed response header value"))?;
         headers.append(name, value);
@@ -396,7 +423,7 @@ mod tests {
     use super::*;
 
     fn head(s: &str) -> Result<Option<Response<()>>, H1Error> {
-        parse_head(&mut BytesMut::from(s))
+        parse_head(&mut BytesMut::from(s), &mut Names::default())
     }
 
     fn framing(s: &str) -> Result<(Framing, bool), H1Error> {
@@ -488,6 +515,48 @@ mod tests {
     }
 
     #[test]
+    fn a_connections_name_cache_follows_each_head() {
+        let mut names = Names::default();
+        let mut read = |head: &str| {
+            let r = parse_head(&mut BytesMut::from(head), &mut names)
+                .unwrap()
+                .unwrap();
+            r.headers()
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            read("HTTP/1.1 200 OK\r\nContent-Type: a\r\nX-One: 1\r\n\r\n"),
+            ["content-type=a", "x-one=1"]
+        );
+        // Same names in the same places: taken from the cache.
+        assert_eq!(
+            read("HTTP/1.1 200 OK\r\nContent-Type: b\r\nX-One: 2\r\n\r\n"),
+            ["content-type=b", "x-one=2"]
+        );
+        // Another name in a place, a longer head, other case, a shorter one.
+        assert_eq!(
+            read("HTTP/1.1 200 OK\r\nContent-Type: c\r\nX-Two: 3\r\nx-one: 4\r\n\r\n"),
+            ["content-type=c", "x-two=3", "x-one=4"]
+        );
+        assert_eq!(
+            read("HTTP/1.1 200 OK\r\nCONTENT-TYPE: d\r\n\r\n"),
+            ["content-type=d"]
+        );
+        assert_eq!(
+            read("HTTP/1.1 204 No Content\r\nX-One: 5\r\nX-Two: 6\r\nX-Three: 7\r\n\r\n"),
+            ["x-one=5", "x-two=6", "x-three=7"]
+        );
+        // A malformed name is refused wherever it stands.
+        assert!(parse_head(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nX-One: 1\r\nBad Name: 2\r\n\r\n"),
+            &mut names
+        )
+        .is_err());
+    }
+
+    #[test]
     fn request_framing_follows_the_body() {
         assert_eq!(
             request_framing(&Method::GET, true, Some(0)),
@@ -511,7 +580,9 @@ mod tests {
     fn a_response_head_is_parsed_and_taken_from_the_buffer() {
         let mut buf =
             BytesMut::from("HTTP/1.1 201 Created\r\nA: 1\r\nb:  two \r\nA: 3\r\n\r\nbody");
-        let r = parse_head(&mut buf).unwrap().unwrap();
+        let r = parse_head(&mut buf, &mut Names::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(r.status(), 201);
         assert_eq!(r.version(), Version::HTTP_11);
         let a: Vec<_> = r.headers().get_all("a").iter().collect();
@@ -521,7 +592,10 @@ mod tests {
 
         let text = "HTTP/1.1 200 OK\r\nA: 1\r\n";
         let mut partial = BytesMut::from(text);
-        assert!(matches!(parse_head(&mut partial), Ok(None)));
+        assert!(matches!(
+            parse_head(&mut partial, &mut Names::default()),
+            Ok(None)
+        ));
         assert_eq!(
             &partial[..],
             text.as_bytes(),
