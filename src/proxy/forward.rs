@@ -114,6 +114,8 @@ struct UpConn {
     /// The route's deadline for the response head, kept with the connection: each request
     /// moves it later (`Sleep::reset` to a later instant does not touch the timer wheel),
     /// where a timer per request would be registered and removed again (bench/README.md).
+    /// While the connection waits in the pool it keeps the last request's waker until it is
+    /// moved again or fires (one needless wake-up, at most the route's timeout later).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The names of the last response head read on it (see `h1::Names`).
     names: h1::Names,

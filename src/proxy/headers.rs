@@ -452,6 +452,15 @@ mod tests {
         }
     }
 
+    /// A client's headers, appended in order.
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
     /// What the upstream gets, as a map (`Host` first), for asserting on.
     fn upstream(h: HeaderMap, fw: Forwarding<'_>) -> HeaderMap {
         let u = request_headers(h, fw);
@@ -580,16 +589,17 @@ mod tests {
 
     #[test]
     fn the_proxy_sets_a_name_once_and_the_last_setting_wins() {
-        let mut h = HeaderMap::new();
-        h.append("x-route", HeaderValue::from_static("client-1"));
-        h.append("x-route", HeaderValue::from_static("client-2"));
-        h.append("x-gone", HeaderValue::from_static("client"));
-        h.append("x-both", HeaderValue::from_static("client"));
-        h.append("accept", HeaderValue::from_static("a"));
-        h.append("accept", HeaderValue::from_static("b"));
-        h.append("cookie", HeaderValue::from_static("a=1; _portcullis=s"));
-        h.append("cookie", HeaderValue::from_static("_portcullis_1=t"));
-        h.append("cookie", HeaderValue::from_static("b=2"));
+        let h = map(&[
+            ("x-route", "client-1"),
+            ("x-route", "client-2"),
+            ("x-gone", "client"),
+            ("x-both", "client"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("cookie", "a=1; _portcullis=s"),
+            ("cookie", "_portcullis_1=t"),
+            ("cookie", "b=2"),
+        ]);
         let set = [
             (
                 HeaderName::from_static("x-route"),
@@ -677,17 +687,15 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_listed_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
+        let h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+        ]);
         let out = upstream(h.clone(), fw(&[]));
         for n in [
             "connection",
@@ -704,16 +712,14 @@ mod tests {
 
     #[test]
     fn response_hop_by_hop_headers_are_removed_but_a_switch_keeps_its_upgrade() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("Keep-Alive, X-Secret, close"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        let mut h = map(&[
+            ("connection", "Keep-Alive, X-Secret, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("content-type", "text/plain"),
+        ]);
         let mut plain = h.clone();
         response_headers(&mut plain, false);
         let names: Vec<&str> = plain.keys().map(HeaderName::as_str).collect();
@@ -752,21 +758,19 @@ mod tests {
         );
         let out = upstream(h.clone(), fw(&[]));
         assert_eq!(out["cookie"], "a=1; _portcullisx=keep");
-        let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("_portcullis=s"));
-        assert!(!upstream(h.clone(), fw(&[])).contains_key("cookie"));
+        let h = map(&[("cookie", "_portcullis=s")]);
+        assert!(!upstream(h, fw(&[])).contains_key("cookie"));
         // Headers before the first that carries the session pass too, in their order.
-        let mut h = HeaderMap::new();
-        h.append("cookie", HeaderValue::from_static("x=1"));
-        h.append("cookie", HeaderValue::from_static("_portcullis=s; y=2"));
-        h.append("cookie", HeaderValue::from_static("z=3"));
+        let h = map(&[
+            ("cookie", "x=1"),
+            ("cookie", "_portcullis=s; y=2"),
+            ("cookie", "z=3"),
+        ]);
         let out = upstream(h, fw(&[]));
         let cookies: Vec<_> = out.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["x=1", "y=2", "z=3"]);
         // Without the session's cookies, the headers pass as they came.
-        let mut h = HeaderMap::new();
-        h.append("cookie", HeaderValue::from_static("a=1;b=2"));
-        let out = upstream(h, fw(&[]));
+        let out = upstream(map(&[("cookie", "a=1;b=2")]), fw(&[]));
         assert_eq!(out["cookie"], "a=1;b=2");
     }
 
