@@ -109,6 +109,19 @@ fn semantic_errors_point_at_the_value() {
         "7:7",
         "not a valid header name",
     );
+    for name in [
+        "Host",
+        "content-length",
+        "Connection",
+        "Transfer-Encoding",
+        "upgrade",
+    ] {
+        assert_error(
+            &r(&format!("    set_request_headers:\n      {name}: x\n")),
+            "7:7",
+            "is Portcullis's to write",
+        );
+    }
     assert_error(
         &r("    tls_custom_ca: /nonexistent/ca.pem\n"),
         "6:20",

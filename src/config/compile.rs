@@ -683,6 +683,21 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
     let mut set_request_headers = Vec::new();
     if let Some(m) = &r.set_request_headers {
         for (name, value) in header_pairs(cx, "set_request_headers", m) {
+            if name == http::header::HOST
+                || name == http::header::CONTENT_LENGTH
+                || crate::proxy::headers::is_hop_by_hop(&name)
+            {
+                // Written by Portcullis itself: a value here would be ignored or break framing.
+                cx.errs.at(
+                    pos(m),
+                    format!(
+                        "set_request_headers: `{name}` is Portcullis's to write (the upstream's \
+                         Host is the `to` URL's, or the client's with preserve_host_header; \
+                         framing and hop-by-hop headers belong to each connection)"
+                    ),
+                );
+                continue;
+            }
             match HeaderValue::from_str(&value) {
                 Ok(v) => set_request_headers.push((name, v)),
                 Err(_) => cx.errs.at(

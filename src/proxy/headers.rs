@@ -94,6 +94,11 @@ impl HopByHop {
     }
 }
 
+/// Is this a hop-by-hop header (one of [`HOP_BY_HOP`])?
+pub fn is_hop_by_hop(n: &HeaderName) -> bool {
+    hop_by_hop_index(n).is_some()
+}
+
 /// The place of a name in [`HOP_BY_HOP`]: one string match (the compiler dispatches on the
 /// length), not ten `HeaderName` compares (which measured ten times the instructions).
 fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
