@@ -482,7 +482,7 @@ async fn oversized_and_slow_headers_are_cut_off_and_others_keep_being_served() {
 
 #[tokio::test]
 async fn each_head_on_a_keep_alive_connection_has_the_whole_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let a = Echo::start("a").await;
     let p = Proxy::start(&format!(
         "address: 127.0.0.1:0\ninsecure_server: true\ntimeout_read_header: 1s\nroutes:\n{}",
@@ -501,19 +501,11 @@ async fn each_head_on_a_keep_alive_connection_has_the_whole_header_timeout() {
     }
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: app").await.unwrap();
     let started = std::time::Instant::now();
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(6), async {
-        let mut buf = [0u8; 8192];
-        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    let seen = read_to_close(&mut tcp, Duration::from_secs(6)).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a slow fourth head held the connection"
     );
-    let seen = String::from_utf8_lossy(&seen);
     assert_eq!(seen.matches("HTTP/1.1 200 OK").count(), 3, "{seen}");
     assert_eq!(a.hits(), 3);
 }

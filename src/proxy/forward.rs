@@ -380,15 +380,7 @@ impl UpstreamClient {
         }
         // A new connection (DNS, TCP, maybe TLS) is the rare path on keep-alive: boxed, so
         // every request's future does not carry its size.
-        let mut conn = Box::pin(async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), self.connect(up))
-                    .await
-                    .map_err(|_| Failure::Timeout)?,
-                None => self.connect(up).await,
-            }
-        })
-        .await?;
+        let mut conn = Box::pin(by(deadline, self.connect(up))).await?;
         let w = writer(&mut conn, body);
         match exchange(conn, w, deadline).await {
             Ok((resp, ex)) => self.wrap(key, resp, ex, head_request),
@@ -448,6 +440,20 @@ enum Failure {
     Sent(String),
     /// The route's `timeout` passed before the response head arrived.
     Timeout,
+}
+
+/// `step`, by the route's deadline when it has one (`Failure::Timeout` after it): for the
+/// rare steps that get a timer of their own (a new connection, an upgrade).
+async fn by<T>(
+    deadline: Option<Instant>,
+    step: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), step)
+            .await
+            .unwrap_or(Err(Failure::Timeout)),
+        None => step.await,
+    }
 }
 
 /// Why an exchange failed, and whether the request may go out again on another connection.
@@ -901,15 +907,7 @@ pub async fn send(
             *req.version_mut() = http::Version::HTTP_11;
             *req.headers_mut() = headers.to_map(host);
             // Boxed: rare, and large (a future is as large as its largest await).
-            Box::pin(async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), route.client.upgrade(up, req))
-                        .await
-                        .unwrap_or(Err(Failure::Timeout)),
-                    None => route.client.upgrade(up, req).await,
-                }
-            })
-            .await
+            Box::pin(by(deadline, route.client.upgrade(up, req))).await
         } else {
             let head = Head {
                 method: &parts.method,

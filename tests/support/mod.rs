@@ -140,6 +140,11 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str, extra: &[(&str, &str)
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(bytes).await.unwrap();
+    read_to_close(&mut tcp, wait).await
+}
+
+/// What arrives on `tcp` until the other side closes it (or `wait` passes), as text.
+pub async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, async {
         let mut buf = [0u8; 8192];
