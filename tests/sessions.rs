@@ -34,7 +34,6 @@ fn cookie_for(host: &str, expires: u64) -> String {
         expires,
         id_token_exp: expires,
         refresh_token: None,
-        id_token: None,
     };
     let sealed = CookieKey::new(&key)
         .unwrap()

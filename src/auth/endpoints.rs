@@ -15,6 +15,10 @@ use crate::runtime::Runtime;
 
 pub const CALLBACK: &str = "/.portcullis/callback";
 pub const SIGNED_OUT: &str = "/.portcullis/signed_out";
+/// Also the `Path` of the cookie that holds the session's ID token for it ([`SignOutHint`]).
+///
+/// [`SignOutHint`]: super::session::SignOutHint
+pub const SIGN_OUT: &str = "/.portcullis/sign_out";
 /// Longest `code`/`state` accepted at the callback (before any work is done).
 const MAX_PARAM: usize = 4096;
 
@@ -130,7 +134,7 @@ pub async fn serve(
             r
         }
 
-        "/.portcullis/sign_out" => sign_out(rt, shared, https, target, req, cookies),
+        SIGN_OUT => sign_out(rt, shared, https, target, req, cookies),
         SIGNED_OUT => Ok(info_page(
             "Signed out",
             "You are signed out.",
@@ -206,26 +210,20 @@ async fn callback(
         return Err(login_failed("state mismatch"));
     }
     let redirect_uri = format!("{}{CALLBACK}", origin(https, target));
-    let session = oidc
+    let new = oidc
         .callback(&redirect_uri, &code, &login)
         .await
         .map_err(|e| match e {
             super::oidc::OidcError::Unavailable => ProxyError::IdpUnavailable,
             super::oidc::OidcError::Rejected(why) => login_failed(&why),
         })?;
-    tracing::info!(
-        user = session
-            .identity
-            .email
-            .as_deref()
-            .unwrap_or(&session.identity.sub),
-        "signed in"
+    let id = &new.session.identity;
+    tracing::info!(user = id.email.as_deref().unwrap_or(&id.sub), "signed in");
+    cookies.extend(
+        rt.auth
+            .session_cookies(&target.host, &new, req.headers())
+            .ok_or_else(|| login_failed("cannot seal the session"))?,
     );
-    let sealed = rt
-        .auth
-        .seal(&target.host, &session)
-        .ok_or_else(|| login_failed("cannot seal the session"))?;
-    cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
     redirect(&format!(
         "{}{}",
         origin(https, target),
@@ -261,12 +259,10 @@ fn sign_out(
         user = s.identity.email.as_deref().unwrap_or(&s.identity.sub),
         "signed out"
     );
-    match rt
-        .auth
-        .oidc
-        .as_ref()
-        .and_then(|o| o.end_session_url(s.id_token.as_deref(), &post_logout))
-    {
+    match rt.auth.oidc.as_ref().and_then(|o| {
+        let hint = rt.auth.sign_out_hint(&target.host, &s, req.headers());
+        o.end_session_url(hint.as_deref(), &post_logout)
+    }) {
         Some(url) => redirect(url.as_str()),
         None => redirect(&post_logout),
     }

@@ -17,7 +17,7 @@ use crate::server::workers::PerWorker;
 use assertion::Signer;
 use oidc::Oidc;
 use revoked::RevocationStore;
-use session::{now, CookieJar, CookieKey, Session};
+use session::{now, CookieJar, CookieKey, Session, SignOutHint, SignedIn};
 
 /// Sign-in state built from one config. Parts that must outlive a reload (the IdP
 /// discovery, a generated signing key) are carried over from the previous one when their
@@ -141,6 +141,41 @@ impl Auth {
     pub fn seal(&self, host: &str, s: &Session) -> Option<String> {
         self.key.as_ref()?.seal("session", self.jar.scope(host), s)
     }
+
+    /// The `Set-Cookie` values that store a session just made or refreshed: the session
+    /// (chunked, on every request) and its ID token in the cookie only sign-out is sent.
+    pub fn session_cookies(
+        &self,
+        host: &str,
+        new: &SignedIn,
+        headers: &HeaderMap,
+    ) -> Option<SetCookies> {
+        let key = self.key.as_ref()?;
+        let scope = self.jar.scope(host);
+        let mut out = self
+            .jar
+            .set_session(&key.seal("session", scope, &new.session)?, headers);
+        let hint = SignOutHint {
+            session: new.session.id,
+            id_token: new.id_token.clone(),
+        };
+        out.extend(
+            self.jar
+                .set_hint(key.seal("signout", scope, &hint).as_deref()),
+        );
+        Some(out)
+    }
+
+    /// The ID token to send the IdP as `id_token_hint` when session `s` signs out: the one in
+    /// the request's sign-out cookie, if that opens and names this session.
+    pub fn sign_out_hint(&self, host: &str, s: &Session, headers: &HeaderMap) -> Option<String> {
+        let text = session::cookie(headers, &self.jar.hint_name())?;
+        let hint: SignOutHint = self
+            .key
+            .as_ref()?
+            .open("signout", self.jar.scope(host), text)?;
+        (hint.session == s.id).then_some(hint.id_token)
+    }
 }
 
 /// Opened sessions kept per worker; past this many the worker starts over (each is then
@@ -156,7 +191,7 @@ struct Opened {
 
 /// Refreshes in progress or just done, by session id: concurrent requests of one session
 /// share one refresh (a rotated refresh token can be used only once).
-type RefreshCell = Arc<tokio::sync::OnceCell<Option<Session>>>;
+type RefreshCell = Arc<tokio::sync::OnceCell<Option<SignedIn>>>;
 type RefreshKey = ([u8; 16], u64);
 
 #[derive(Default)]
@@ -168,7 +203,7 @@ pub struct Refreshes {
 
 impl Refreshes {
     /// Refreshes `s` (once across concurrent callers); `None` means sign in again.
-    pub async fn refresh(&self, oidc: &Arc<Oidc>, s: &Session) -> Option<Session> {
+    pub async fn refresh(&self, oidc: &Arc<Oidc>, s: &Session) -> Option<SignedIn> {
         let cell = {
             let Ok(mut m) = self.map.lock() else {
                 return None;
@@ -234,8 +269,13 @@ mod tests {
 
     fn headers_for(a: &Auth, s: &Session) -> HeaderMap {
         let sealed = a.seal("h", s).unwrap();
+        sent_back(&a.jar.set_session(&sealed, &HeaderMap::new()))
+    }
+
+    /// The Cookie headers a browser sends after these `Set-Cookie`s (any path).
+    fn sent_back(set: &[HeaderValue]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        for v in a.jar.set_session(&sealed, &HeaderMap::new()) {
+        for v in set {
             let pair = v.to_str().unwrap().split(';').next().unwrap().to_string();
             h.append(http::header::COOKIE, pair.parse().unwrap());
         }
@@ -253,8 +293,64 @@ mod tests {
             expires,
             id_token_exp: expires,
             refresh_token: None,
-            id_token: None,
         }
+    }
+
+    #[test]
+    fn the_id_token_rides_only_in_the_sign_out_cookie_and_serves_only_its_own_session() {
+        let a = auth();
+        let new = SignedIn {
+            session: session(now() + 60),
+            id_token: "header.payload.signature".into(),
+        };
+        let set = a.session_cookies("h", &new, &HeaderMap::new()).unwrap();
+        let names: Vec<&str> = set
+            .iter()
+            .map(|v| v.to_str().unwrap().split('=').next().unwrap())
+            .collect();
+        assert_eq!(names, ["_p", "_p_signout"]);
+        let every_request = sent_back(&set[..1]);
+        assert_eq!(
+            a.open(&Revoked(None), "h", &every_request).as_deref(),
+            Some(&new.session)
+        );
+        assert_eq!(a.sign_out_hint("h", &new.session, &every_request), None);
+        let at_sign_out = sent_back(&set);
+        assert_eq!(
+            a.sign_out_hint("h", &new.session, &at_sign_out).as_deref(),
+            Some("header.payload.signature")
+        );
+        let other = Session {
+            id: [6; 16],
+            ..new.session.clone()
+        };
+        assert_eq!(
+            a.sign_out_hint("h", &other, &at_sign_out),
+            None,
+            "a hint left from another session"
+        );
+        assert_eq!(
+            a.sign_out_hint("other", &new.session, &at_sign_out),
+            None,
+            "other host"
+        );
+        // Sealed for its purpose: the hint cookie's text is no session, the session's no hint.
+        let swapped = sent_back(&[
+            format!(
+                "_p=v1.1.{}",
+                &set[1].to_str().unwrap()[11..].split(';').next().unwrap()
+            )
+            .parse()
+            .unwrap(),
+            format!(
+                "_p_signout={}",
+                &set[0].to_str().unwrap()[8..].split(';').next().unwrap()
+            )
+            .parse()
+            .unwrap(),
+        ]);
+        assert!(a.open(&Revoked(None), "h", &swapped).is_none());
+        assert_eq!(a.sign_out_hint("h", &new.session, &swapped), None);
     }
 
     #[test]

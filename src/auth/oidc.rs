@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::session::{now, LoginState, Session};
+use super::session::{now, LoginState, Session, SignedIn};
 use crate::config::compile::IdpSettings;
 use crate::policy::identity::normalize_email;
 use crate::policy::{ClaimValue, Identity};
@@ -232,7 +232,7 @@ impl Oidc {
         redirect_uri: &str,
         code: &str,
         login: &LoginState,
-    ) -> Result<Session, OidcError> {
+    ) -> Result<SignedIn, OidcError> {
         let p = self.provider().ok_or(OidcError::Unavailable)?;
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|e| OidcError::Rejected(e.to_string()))?;
@@ -249,7 +249,7 @@ impl Oidc {
             .ok_or_else(|| OidcError::Rejected("no ID token in the token response".into()))?;
         let nonce = Nonce::new(login.nonce.clone());
         let p = self.verified(p, id_token, Some(&nonce)).await?;
-        let mut session = self
+        let mut new = self
             .session_from(
                 &p,
                 id_token,
@@ -257,12 +257,12 @@ impl Oidc {
                 resp.refresh_token().map(|r| r.secret().clone()),
             )
             .await?;
-        session.expires = now() + self.session_lifetime.as_secs();
-        Ok(session)
+        new.session.expires = now() + self.session_lifetime.as_secs();
+        Ok(new)
     }
 
     /// Uses the refresh token; `None` means the user must sign in again.
-    pub async fn refresh(self: &Arc<Self>, old: &Session) -> Result<Session, OidcError> {
+    pub async fn refresh(self: &Arc<Self>, old: &Session) -> Result<SignedIn, OidcError> {
         let p = self.provider().ok_or(OidcError::Unavailable)?;
         let rt = old
             .refresh_token
@@ -284,9 +284,10 @@ impl Oidc {
             .refresh_token()
             .map(|r| r.secret().clone())
             .or_else(|| old.refresh_token.clone());
-        let mut s = self
+        let mut new = self
             .session_from(&p, id_token, resp.access_token().secret(), refresh)
             .await?;
+        let s = &mut new.session;
         if s.identity.sub != old.identity.sub {
             return Err(OidcError::Rejected(
                 "refreshed ID token names another subject".into(),
@@ -294,7 +295,7 @@ impl Oidc {
         }
         s.id = old.id;
         s.expires = old.expires;
-        Ok(s)
+        Ok(new)
     }
 
     /// Verifies signature, `iss`, `aud`, `exp` and (at sign-in) `nonce`; refetches keys once
@@ -335,7 +336,7 @@ impl Oidc {
         token: &CoreIdToken,
         access_token: &str,
         refresh: Option<String>,
-    ) -> Result<Session, OidcError> {
+    ) -> Result<SignedIn, OidcError> {
         let raw = token.to_string();
         let mut claims =
             jwt_payload(&raw).ok_or_else(|| OidcError::Rejected("unreadable ID token".into()))?;
@@ -370,13 +371,15 @@ impl Oidc {
             .unwrap_or(0);
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).map_err(|_| OidcError::Rejected("no randomness".into()))?;
-        Ok(Session {
-            id,
-            identity: Arc::new(identity),
-            expires: 0,
-            id_token_exp,
-            refresh_token: refresh,
-            id_token: Some(raw),
+        Ok(SignedIn {
+            session: Session {
+                id,
+                identity: Arc::new(identity),
+                expires: 0,
+                id_token_exp,
+                refresh_token: refresh,
+            },
+            id_token: raw,
         })
     }
 

@@ -42,8 +42,26 @@ pub struct Session {
     /// Unix seconds: the ID token's `exp`; past it, the refresh token is used.
     pub id_token_exp: u64,
     pub refresh_token: Option<String>,
-    /// Kept for RP-initiated logout (`id_token_hint`); never shown on any page.
-    pub id_token: Option<String>,
+    // The ID token is not here: it is most of a session's size, and this cookie rides on
+    // every request; it has a cookie of its own that only sign-out sees ([`SignOutHint`]).
+    // A cookie sealed before then still opens: the token was the last field, and postcard
+    // leaves bytes after the last field it reads unread.
+}
+
+/// A session just made (callback) or refreshed, with the ID token the IdP gave for it.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub session: Session,
+    pub id_token: String,
+}
+
+/// What RP-initiated logout sends the IdP as `id_token_hint`: the session's ID token, sealed
+/// in its own cookie whose `Path` is the sign-out endpoint, so no other request carries it.
+/// It names its session: a hint left from another session is not used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignOutHint {
+    pub session: [u8; 16],
+    pub id_token: String,
 }
 
 impl Session {
@@ -150,6 +168,27 @@ impl CookieJar {
             .collect()
     }
 
+    /// The cookie holding the session's [`SignOutHint`].
+    pub fn hint_name(&self) -> String {
+        format!("{}_signout", self.name)
+    }
+
+    /// Stores a session's sealed [`SignOutHint`], seen by the sign-out endpoint alone; one
+    /// too large for one cookie is not kept (sign-out then goes without the hint), and expires
+    /// the older one.
+    pub fn set_hint(&self, sealed: Option<&str>) -> Option<HeaderValue> {
+        let (value, max_age) = match sealed {
+            Some(v) if v.len() <= CHUNK => (v, self.max_age.as_secs()),
+            _ => ("", 0),
+        };
+        HeaderValue::from_str(&format!(
+            "{}={value}{}",
+            self.hint_name(),
+            self.attrs(super::endpoints::SIGN_OUT, max_age)
+        ))
+        .ok()
+    }
+
     fn attrs(&self, path: &str, max_age: u64) -> String {
         let mut a = format!("; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax");
         if let Some(d) = &self.domain {
@@ -208,6 +247,7 @@ impl CookieJar {
                 self.attrs("/", 0)
             )));
         }
+        out.extend(self.set_hint(None));
         for name in self.login_cookies(headers) {
             out.extend(self.expire_login(name));
         }
@@ -291,7 +331,7 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// The `;`-separated parts of one Cookie header, trimmed, empty ones skipped (`memchr`: a
-/// signed-in browser's header is kilobytes, read several times per request).
+/// browser's Cookie header can be kilobytes, and is read several times per request).
 pub fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     memchr::memchr_iter(b';', value)
@@ -336,7 +376,6 @@ mod tests {
             expires,
             id_token_exp: expires,
             refresh_token: Some("r".into()),
-            id_token: None,
         }
     }
 
@@ -487,6 +526,57 @@ mod tests {
         assert!(cleared
             .iter()
             .any(|c| c.starts_with("_p=; Path=/; Max-Age=0")));
+        assert!(
+            cleared
+                .iter()
+                .any(|c| c.starts_with("_p_signout=; Path=/.portcullis/sign_out; Max-Age=0")),
+            "sign-out hint not expired: {cleared:?}"
+        );
+    }
+
+    #[test]
+    fn the_sign_out_hint_is_sent_to_the_sign_out_path_alone_and_one_too_large_is_not_kept() {
+        let jar = jar();
+        let set = jar.set_hint(Some("sealed")).unwrap();
+        assert_eq!(
+            set.to_str().unwrap(),
+            "_p_signout=sealed; Path=/.portcullis/sign_out; Max-Age=60; Secure; HttpOnly; SameSite=Lax"
+        );
+        // Too large for one cookie: the older hint is expired instead (sign-out goes without).
+        let big = "x".repeat(CHUNK + 1);
+        for none in [jar.set_hint(Some(&big)), jar.set_hint(None)] {
+            assert!(none
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("_p_signout=; Path=/.portcullis/sign_out; Max-Age=0;"),);
+        }
+    }
+
+    /// The session as sealed until the ID token got a cookie of its own.
+    #[derive(Serialize)]
+    struct SessionBefore {
+        id: [u8; 16],
+        identity: Arc<Identity>,
+        expires: u64,
+        id_token_exp: u64,
+        refresh_token: Option<String>,
+        id_token: Option<String>,
+    }
+
+    #[test]
+    fn a_session_sealed_with_its_id_token_inside_still_opens() {
+        let s = session(now() + 60, 3);
+        let before = SessionBefore {
+            id: s.id,
+            identity: s.identity.clone(),
+            expires: s.expires,
+            id_token_exp: s.id_token_exp,
+            refresh_token: s.refresh_token.clone(),
+            id_token: Some("h.p.s".repeat(200)),
+        };
+        let sealed = key(1).seal("session", "h", &before).unwrap();
+        assert_eq!(key(1).open::<Session>("session", "h", &sealed), Some(s));
     }
 
     #[test]

@@ -355,10 +355,13 @@ async fn session(
     let oidc = rt.auth.oidc.as_ref()?;
     match Box::pin(shared.refreshes.refresh(oidc, &s)).await {
         Some(fresh) => {
-            if let Some(sealed) = rt.auth.seal(&target.host, &fresh) {
-                cookies.extend(rt.auth.jar.set_session(&sealed, req.headers()));
-            }
-            Some(Arc::new(fresh))
+            cookies.extend(
+                rt.auth
+                    .session_cookies(&target.host, &fresh, req.headers())
+                    .into_iter()
+                    .flatten(),
+            );
+            Some(Arc::new(fresh.session))
         }
         None => {
             cookies.extend(rt.auth.jar.clear_all(req.headers()));

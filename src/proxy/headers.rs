@@ -362,7 +362,7 @@ fn is_session_cookie(pair: &[u8], name: &str) -> bool {
 }
 
 /// The request's Cookie headers without the session's cookies, or `None` when they carry none
-/// (they pass as they are). One pass over each header: a signed-in browser's is kilobytes.
+/// (they pass as they are). One pass over each header: a browser's can be kilobytes.
 fn without_session_cookies(h: &HeaderMap, name: &str) -> Option<Vec<HeaderValue>> {
     let mut out: Option<Vec<HeaderValue>> = None;
     for (i, v) in h.get_all(header::COOKIE).iter().enumerate() {

@@ -275,7 +275,24 @@ describe('sign-in with OpenID Connect', () => {
       const page = await signIn(context, `${s.app}/`, 'alice');
       const stolen = await cookieHeader(context, s.app);
       assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } })).status, 200);
+      // The session cookie, sent with every request, is small; the ID token (most of a
+      // session's size) is in a cookie sent to the sign-out endpoint alone.
+      const names = async (path) => (await context.cookies(`${s.app}${path}`)).map((c) => c.name).sort();
+      assert.deepEqual(await names('/x'), ['_portcullis']);
+      assert.deepEqual(await names('/.portcullis/sign_out'), ['_portcullis', '_portcullis_signout']);
+      const sessionCookie = (await context.cookies(s.app)).find((c) => c.name === '_portcullis');
+      assert.ok(sessionCookie.value.length < 512, `session cookie of ${sessionCookie.value.length} bytes`);
+      const ends = [];
+      page.on('request', (r) => {
+        const u = new URL(r.url());
+        if (u.searchParams.has('post_logout_redirect_uri')) ends.push(u);
+      });
       await page.goto(`${s.app}/.portcullis/sign_out`, { waitUntil: 'domcontentloaded' });
+      assert.equal(ends.length, 1, 'sent to the IdP\'s end-session endpoint');
+      const hint = ends[0].searchParams.get('id_token_hint');
+      assert.ok(hint, `no id_token_hint: ${ends[0]}`);
+      const claims = JSON.parse(Buffer.from(hint.split('.')[1], 'base64url').toString());
+      assert.equal(claims.sub, 'alice', 'the hint is the signed-in user\'s ID token');
       // oidc-provider asks for confirmation (RP-initiated logout).
       await page.waitForSelector('button[name=logout]', { timeout: 15000 });
       await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }), page.click('button[name=logout]')]);
@@ -337,6 +354,10 @@ describe('sign-in with OpenID Connect', () => {
       assert.deepEqual(header(seen(r.body), 'x-forwarded-user'), ['alice@example.com']);
       const set = [r.headers['set-cookie']].flat().filter(Boolean);
       assert.ok(set.some((c) => c.startsWith('_portcullis=v1.')), 'a refreshed session cookie was set');
+      assert.ok(
+        set.some((c) => c.startsWith('_portcullis_signout=') && c.includes('Path=/.portcullis/sign_out;') && !c.includes('Max-Age=0')),
+        'the refreshed ID token is kept for sign-out',
+      );
       await context.close();
     } finally {
       await s.proxy.stop();
