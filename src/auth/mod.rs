@@ -150,19 +150,18 @@ impl Auth {
         new: &SignedIn,
         headers: &HeaderMap,
     ) -> Option<SetCookies> {
-        let key = self.key.as_ref()?;
-        let scope = self.jar.scope(host);
         let mut out = self
             .jar
-            .set_session(&key.seal("session", scope, &new.session)?, headers);
+            .set_session(&self.seal(host, &new.session)?, headers);
         let hint = SignOutHint {
             session: new.session.id,
             id_token: new.id_token.clone(),
         };
-        out.extend(
-            self.jar
-                .set_hint(key.seal("signout", scope, &hint).as_deref()),
-        );
+        let sealed = self
+            .key
+            .as_ref()?
+            .seal("signout", self.jar.scope(host), &hint);
+        out.extend(self.jar.set_hint(sealed.as_deref()));
         Some(out)
     }
 
