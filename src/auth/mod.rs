@@ -334,19 +334,15 @@ mod tests {
             "other host"
         );
         // Sealed for its purpose: the hint cookie's text is no session, the session's no hint.
+        let value = |v: &HeaderValue| {
+            let pair = v.to_str().unwrap().split(';').next().unwrap();
+            pair.split_once('=').unwrap().1.to_string()
+        };
+        let session_text = value(&set[0]);
+        let session_text = session_text.strip_prefix("v1.1.").unwrap();
         let swapped = sent_back(&[
-            format!(
-                "_p=v1.1.{}",
-                &set[1].to_str().unwrap()[11..].split(';').next().unwrap()
-            )
-            .parse()
-            .unwrap(),
-            format!(
-                "_p_signout={}",
-                &set[0].to_str().unwrap()[8..].split(';').next().unwrap()
-            )
-            .parse()
-            .unwrap(),
+            format!("_p=v1.1.{}", value(&set[1])).parse().unwrap(),
+            format!("_p_signout={session_text}").parse().unwrap(),
         ]);
         assert!(a.open(&Revoked(None), "h", &swapped).is_none());
         assert_eq!(a.sign_out_hint("h", &new.session, &swapped), None);
