@@ -125,11 +125,14 @@ pub struct Route {
     /// A response body that sends nothing for this long is ended.
     pub idle_timeout: Option<Duration>,
     pub set_request_headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// Folded (`headers::folded_name`): a client's header under any spelling that folds the
+    /// same is removed.
     pub remove_request_headers: Vec<http::HeaderName>,
     pub pass_identity_headers: bool,
     /// Header name → claim name, added for signed-in users.
     pub jwt_claims_headers: Vec<(http::HeaderName, String)>,
-    /// Every header name Portcullis may set on this route, folded (`headers::folded_name`):
+    /// Every header name Portcullis may set on this route (`jwt_claims_headers`,
+    /// `set_request_headers`), folded (`headers::folded_name`):
     /// client copies under any spelling that folds the same are stripped.
     pub owned_headers: Vec<http::HeaderName>,
     pub policy: Policy,

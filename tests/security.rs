@@ -129,6 +129,39 @@ async fn paths_are_matched_as_sent_and_forwarded_as_decided() {
 }
 
 #[tokio::test]
+async fn a_prefix_rewrite_never_sends_a_path_that_resolves_outside_its_prefix() {
+    // A public route for static files, rewritten; the upstream (like nginx or a static server)
+    // would resolve `/assets/../admin/x` to `/admin/x`, which nobody decided on.
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+         \x20 - from: http://app.test\n    prefix: /static\n    prefix_rewrite: /assets/\n    to: {}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://app.test\n    to: {}\n    allow_any_authenticated_user: true\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let r = get(p.addr(), "app.test", "/static/app.js", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen().target, "/assets/app.js");
+    for bad in [
+        "/static../admin/x",
+        "/static%2e%2e/admin/x",
+        "/static%2E./admin/x",
+        "/static..;x/admin/x",
+        "/static.;x/admin/x",
+        "/static..",
+        "/static.",
+    ] {
+        let r = get(p.addr(), "app.test", bad, &[]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(a.hits(), 1);
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
 async fn only_websocket_upgrades_are_tunnelled_and_what_follows_a_refusal_is_decided_again() {
     let a = Echo::start("a").await;
     let b = Echo::start("b").await;

@@ -567,3 +567,72 @@ async fn the_route_timeout_is_each_requests_own_on_a_reused_connection() {
     }
     assert_ne!(conn_of("/after"), conn_of("/hang"));
 }
+
+#[tokio::test]
+async fn framing_and_route_header_names_in_any_spelling_never_reach_the_upstream() {
+    let up = Scripted::start(|g| (ok(g.path()), false)).await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://app.test\n    to: {}\n    allow_public_unauthenticated_access: true\n\
+         \x20   set_request_headers:\n      X-Route: app\n    remove_request_headers: [x_secret]\n",
+        up.url()
+    ))
+    .await;
+    // Each of these, folded as CGI, WSGI or PHP-FPM fold `_` and `.` into `-`, names a header
+    // the proxy writes itself (framing, hop-by-hop) or one the route owns or removes.
+    let spelt = [
+        "Transfer_Encoding: chunked",
+        "Transfer.Encoding: chunked",
+        "Content_Length: 0",
+        "Content.Length: 99",
+        "Keep_Alive: timeout=5",
+        "Proxy_Connection: keep-alive",
+        "Proxy.Connection: keep-alive",
+        "Http2_Settings: AAMAAABkAAQAoAAAAAIAAAAA",
+        "Proxy_Authorization: Basic YTpi",
+        "X_Route: forged",
+        "X.Route: forged",
+        "X-Secret: s",
+        "X.Secret: s",
+    ];
+    let req = format!(
+        "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n{}\r\nConnection: close\r\n\r\nhello",
+        spelt.join("\r\n")
+    );
+    let out = raw(p.addr(), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = up.got();
+    assert_eq!(got.len(), 1);
+    let g = &got[0];
+    let folded: Vec<String> = g
+        .head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.to_ascii_lowercase().replace(['_', '.'], "-"))
+        .collect();
+    for name in [
+        "transfer-encoding",
+        "keep-alive",
+        "proxy-connection",
+        "http2-settings",
+        "proxy-authorization",
+        "x-secret",
+    ] {
+        assert!(!folded.iter().any(|n| n == name), "{name} in {}", g.head);
+    }
+    assert_eq!(
+        folded.iter().filter(|n| *n == "content-length").count(),
+        1,
+        "{}",
+        g.head
+    );
+    assert_eq!(g.header("content-length").as_deref(), Some("5"));
+    assert_eq!(
+        folded.iter().filter(|n| *n == "x-route").count(),
+        1,
+        "{}",
+        g.head
+    );
+    assert_eq!(g.header("x-route").as_deref(), Some("app"));
+    assert_eq!(g.body, b"hello");
+}

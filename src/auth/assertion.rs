@@ -125,7 +125,7 @@ impl Signer {
             iss: &issuer,
             aud: audience,
             sub: &id.sub,
-            email: id.email.as_deref(),
+            email: id.usable_email(),
             groups: &id.groups,
             iat: now,
             exp: now + LIFETIME,

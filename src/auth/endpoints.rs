@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 
 use super::session::{now, valid_state, LoginState, MAX_LOGINS};
 use super::SetCookies;
-use crate::proxy::error::{html_escape, page, ProxyError};
+use crate::proxy::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
 use crate::proxy::handle::Shared;
 use crate::proxy::target::{normalize_path, Target};
 use crate::proxy::Body;
@@ -106,7 +106,8 @@ pub async fn serve(
         return Err(ProxyError::NotFound);
     }
     let https = rt.routes.host_is_https(&target.host).unwrap_or(https);
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let post_sign_out = req.method() == Method::POST && target.path == SIGN_OUT;
+    if req.method() != Method::GET && req.method() != Method::HEAD && !post_sign_out {
         return Err(ProxyError::MethodNotAllowed);
     }
     let q = target.query.as_deref();
@@ -134,7 +135,14 @@ pub async fn serve(
             r
         }
 
-        SIGN_OUT => sign_out(rt, shared, https, target, req, cookies),
+        SIGN_OUT if from_this_origin(https, target, req) => {
+            sign_out(rt, shared, https, target, req, cookies)
+        }
+        SIGN_OUT => Ok(info_page(
+            "Sign out?",
+            "A page on another site asked to sign you out.",
+            SIGN_OUT_FORM,
+        )),
         SIGNED_OUT => Ok(info_page(
             "Signed out",
             "You are signed out.",
@@ -143,6 +151,23 @@ pub async fn serve(
         "/.portcullis/" | "/.portcullis" => Ok(whoami(rt, shared, target, req)),
         _ => Err(ProxyError::NotFound),
     }
+}
+
+/// Did the user ask for this themselves? Sign-out acts only on a request the browser says is
+/// not from another site (`Sec-Fetch-Site` absent, `none`: typed or bookmarked, or
+/// `same-origin`), and a POST also only with no `Origin` or this origin. SameSite=Lax cookies
+/// ride on another site's top-level links, so without this any page could sign users out.
+fn from_this_origin(https: bool, target: &Target, req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    let site_ok = h
+        .get("sec-fetch-site")
+        .is_none_or(|v| v == "none" || v == "same-origin");
+    let origin_ok = req.method() != Method::POST
+        || h.get(header::ORIGIN).is_none_or(|o| {
+            o.to_str()
+                .is_ok_and(|o| o.eq_ignore_ascii_case(&origin(https, target)))
+        });
+    site_ok && origin_ok
 }
 
 fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {
@@ -285,8 +310,16 @@ fn whoami(
             Some(s) => serde_json::json!({
                 "signed_in": true,
                 "email": s.identity.email,
+                "email_verified": s.identity.usable_email().is_some(),
                 "user": s.identity.sub,
                 "groups": s.identity.groups,
+                "claims": s.identity.claims.iter().map(|(k, v)| {
+                    let v = match v {
+                        crate::policy::ClaimValue::Str(s) => serde_json::json!(s),
+                        crate::policy::ClaimValue::List(l) => serde_json::json!(l),
+                    };
+                    (k.clone(), v)
+                }).collect::<serde_json::Map<_, _>>(),
                 "expires": s.expires,
             }),
             None => serde_json::json!({ "signed_in": false }),
@@ -295,20 +328,37 @@ fn whoami(
     }
     match s {
         Some(s) => {
-            let who = s.identity.email.as_deref().unwrap_or(&s.identity.sub);
-            let groups = if s.identity.groups.is_empty() {
+            let id = &s.identity;
+            let who = match (&id.email, id.usable_email()) {
+                (Some(e), None) => format!("{e} (unverified email: not passed on as identity)"),
+                (Some(e), Some(_)) => e.clone(),
+                (None, _) => id.sub.clone(),
+            };
+            let groups = if id.groups.is_empty() {
                 "none".to_string()
             } else {
-                s.identity.groups.join(", ")
+                id.groups.join(", ")
             };
+            let claims: String = id
+                .claims
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        crate::policy::ClaimValue::Str(s) => s.clone(),
+                        crate::policy::ClaimValue::List(l) => l.join(", "),
+                    };
+                    format!("<li>{}: {}</li>", html_escape(k), html_escape(&v))
+                })
+                .collect();
             let left = s.expires.saturating_sub(now());
             info_page(
                 "Signed in",
                 &format!("You are signed in as {who}."),
                 &format!(
-                    "<p>Groups: {}</p><p>Session ends in {} min.</p><p><a href=\"/.portcullis/sign_out\">Sign out</a></p>",
+                    "<p>Groups: {}</p><p>Other claims:</p><ul>{claims}</ul><p>Session ends in {} min.</p>{}",
                     html_escape(&groups),
-                    left / 60
+                    left / 60,
+                    SIGN_OUT_FORM
                 ),
             )
         }

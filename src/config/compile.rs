@@ -641,7 +641,8 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
     };
     let prefix_rewrite = r.prefix_rewrite.as_ref().and_then(|p| {
         if p.value.starts_with('/') {
-            Some(p.value.clone())
+            // The rewritten path must be normalized (`target::rewrite_prefix`): so must this.
+            canonical_path(cx, "prefix_rewrite", p)
         } else {
             cx.errs.at(pos(p), "prefix_rewrite must start with `/`");
             None
@@ -683,9 +684,10 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
     let mut set_request_headers = Vec::new();
     if let Some(m) = &r.set_request_headers {
         for (name, value) in header_pairs(cx, "set_request_headers", m) {
-            if name == http::header::HOST
-                || name == http::header::CONTENT_LENGTH
-                || crate::proxy::headers::is_hop_by_hop(&name)
+            let folded = crate::proxy::headers::folded_name(&name);
+            if folded == http::header::HOST
+                || folded == http::header::CONTENT_LENGTH
+                || crate::proxy::headers::is_hop_by_hop(&folded)
             {
                 // Written by Portcullis itself: a value here would be ignored or break framing.
                 cx.errs.at(
@@ -713,7 +715,8 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
     if let Some(list) = &r.remove_request_headers {
         for n in &list.value {
             match HeaderName::from_bytes(n.as_bytes()) {
-                Ok(h) => remove_request_headers.push(h),
+                // Folded: a client's copy under any spelling is removed.
+                Ok(h) => remove_request_headers.push(crate::proxy::headers::folded_name(&h)),
                 Err(_) => cx.errs.at(
                     pos(list),
                     format!("remove_request_headers: `{n}` is not a valid header name"),
@@ -768,6 +771,13 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         || format!("{}{}", from.origin_string(), path.describe()),
         |n| n.value.clone(),
     );
+    // What the route sets is the route's: a client's copy under any spelling is stripped.
+    let owned_headers = jwt_claims_headers
+        .iter()
+        .map(|(h, _)| h)
+        .chain(set_request_headers.iter().map(|(h, _)| h))
+        .map(crate::proxy::headers::folded_name)
+        .collect();
     Some(Route {
         name,
         from,
@@ -782,10 +792,7 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         set_request_headers,
         remove_request_headers,
         pass_identity_headers,
-        owned_headers: jwt_claims_headers
-            .iter()
-            .map(|(h, _)| crate::proxy::headers::folded_name(h))
-            .collect(),
+        owned_headers,
         jwt_claims_headers,
         policy,
         client,
@@ -873,6 +880,14 @@ fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
             cx.errs.at(
                 pos(&r.to),
                 format!("to: `{s}`: needs a host, and no query, fragment or user name"),
+            );
+            continue;
+        }
+        if crate::proxy::target::normalize_path(u.path()).as_deref() != Ok(u.path()) {
+            // Put in front of every forwarded path: it must not change how that path resolves.
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: the path must be normalized (no `//`, `.` or `..` segments)"),
             );
             continue;
         }

@@ -35,6 +35,7 @@ pub struct Identity {
 /// The identity's values as request headers (`None`: absent, or not a valid header value).
 #[derive(Debug)]
 pub struct Values {
+    /// The [usable](Identity::usable_email) email only.
     pub email: Option<HeaderValue>,
     pub sub: Option<HeaderValue>,
     /// Comma-joined.
@@ -86,7 +87,11 @@ impl Identity {
     pub fn header_values(&self) -> &Values {
         self.header_values.0.get_or_init(|| {
             let made = Values {
-                email: self.email.clone().and_then(shared_value),
+                // An email the policy may not use is not passed on as identity either.
+                email: self
+                    .usable_email()
+                    .map(str::to_string)
+                    .and_then(shared_value),
                 sub: shared_value(self.sub.clone()),
                 groups: shared_value(self.groups.join(",")),
             };

@@ -7,6 +7,13 @@ use http_body_util::{BodyExt, Full};
 
 use super::Body;
 
+/// The sign-out form's markup, for [`SIGN_OUT_FORM`] and the pages that build on it.
+macro_rules! sign_out_form {
+    () => {
+        r#"<form method="post" action="/.portcullis/sign_out"><button type="submit">Sign out</button></form>"#
+    };
+}
+
 /// Everything that ends a request before (or instead of) the upstream's answer.
 #[derive(Debug)]
 pub enum ProxyError {
@@ -104,7 +111,10 @@ impl ProxyError {
             page(status, "application/json", body.to_string())
         } else {
             let extra = if sign_out {
-                r#"<p><a href="/.portcullis/sign_out">Sign out</a> to use another account.</p>"#
+                concat!(
+                    "<p>To use another account, sign out first.</p>",
+                    sign_out_form!()
+                )
             } else {
                 ""
             };
@@ -120,6 +130,10 @@ impl ProxyError {
         }
     }
 }
+
+/// The sign-out button on Portcullis's pages: a form that POSTs, because a GET sign-out from
+/// another site's link is not acted on (`auth::endpoints`).
+pub const SIGN_OUT_FORM: &str = sign_out_form!();
 
 /// Escapes text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {

@@ -266,9 +266,9 @@ async fn inner<'r>(
     if websocket {
         websocket::check(route, route.from.https, target, req.headers())?;
     }
+    let path = upstream_path(route, &target.path)?;
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path = rewrite(route, &target.path);
     let pq = target.path_and_query(&path);
     let host_header = if route.preserve_host_header {
         HeaderValue::from_str(&target.authority)
@@ -435,20 +435,21 @@ pub fn claim_header(id: &Identity, claim: &str) -> Option<HeaderValue> {
     }
 }
 
-/// Applies `prefix_rewrite`: the matched prefix (or `/`) is replaced.
-fn rewrite<'p>(route: &Route, path: &'p str) -> std::borrow::Cow<'p, str> {
+/// The path sent upstream: the decided one, or with `prefix_rewrite` the matched prefix (or
+/// `/`) replaced, refused (400) when that would not be a normalized path
+/// ([`target::rewrite_prefix`]).
+fn upstream_path<'p>(
+    route: &Route,
+    path: &'p str,
+) -> Result<std::borrow::Cow<'p, str>, ProxyError> {
     let Some(rw) = &route.prefix_rewrite else {
-        return path.into();
+        return Ok(path.into());
     };
     let prefix = match &route.path {
         PathMatch::Prefix(p) => p.as_str(),
         _ => "/",
     };
-    let rest = path.strip_prefix(prefix).unwrap_or(path);
-    match (rw.ends_with('/'), rest.starts_with('/')) {
-        (true, true) => format!("{rw}{}", &rest[1..]),
-        (false, false) if !rest.is_empty() && prefix.ends_with('/') => format!("{rw}/{rest}"),
-        _ => format!("{rw}{rest}"),
-    }
-    .into()
+    target::rewrite_prefix(prefix, rw, path)
+        .map(Into::into)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))
 }

@@ -102,7 +102,12 @@ pub fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// The place of a name in [`HOP_BY_HOP`]: one string match (the compiler dispatches on the
 /// length), not ten `HeaderName` compares (which measured ten times the instructions).
 fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
-    Some(match n.as_str() {
+    hop_by_hop_str_index(n.as_str())
+}
+
+/// [`hop_by_hop_index`] of a lower-case name.
+fn hop_by_hop_str_index(n: &str) -> Option<usize> {
+    Some(match n {
         "connection" => 0,
         "keep-alive" => 1,
         "proxy-connection" => 2,
@@ -170,12 +175,26 @@ pub fn folded_name(name: &HeaderName) -> HeaderName {
     HeaderName::from_bytes(folded(name.as_str()).as_bytes()).unwrap_or_else(|_| name.clone())
 }
 
-/// True for a client header that must never reach an upstream (besides hop-by-hop ones).
-/// `name` is lower-case, as a `HeaderName` is; `owned` are folded already ([`folded_name`]).
-pub fn is_spoofable(name: &str, owned: &[HeaderName]) -> bool {
+/// A name Portcullis writes for each connection, as a framework may fold a client's spelling
+/// onto it (`Transfer_Encoding`, `Content.Length`, `Keep_Alive`, `Proxy_Connection`, `Host`):
+/// beside the proxy's own framing, such a copy lets a server that folds `_` into `-` (CGI,
+/// WSGI, PHP-FPM, older Puma) frame the body by the client's word. `f` is folded.
+fn is_framing_or_hop_by_hop(f: &str) -> bool {
+    matches!(f, "content-length" | "host") || hop_by_hop_str_index(f).is_some()
+}
+
+/// True for a client header that must never reach an upstream (besides hop-by-hop ones, which
+/// [`HopByHop`] finds by their exact names): forgeable context or identity, a framing or
+/// hop-by-hop name in another spelling, one of `owned` (the names the route sets) or of
+/// `remove` (the names it removes). `name` is lower-case, as a `HeaderName` is; `owned` and
+/// `remove` are folded already ([`folded_name`]), and so is each name compared with them.
+pub fn is_spoofable(name: &str, owned: &[HeaderName], remove: &[HeaderName]) -> bool {
     let f = folded(name);
     let f = f.as_ref();
-    is_context_or_identity(f) || owned.iter().any(|h| h.as_str() == f)
+    is_context_or_identity(f)
+        || is_framing_or_hop_by_hop(f)
+        || owned.iter().any(|h| h.as_str() == f)
+        || remove.iter().any(|h| h.as_str() == f)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -243,8 +262,7 @@ impl UpstreamHeaders<'_> {
             || (name == header::COOKIE && self.cookies.is_some())
             || self.hop.contains(name)
             || name == header::CONTENT_LENGTH
-            || is_spoofable(name.as_str(), self.owned)
-            || self.remove.contains(name)
+            || is_spoofable(name.as_str(), self.owned, self.remove)
             || self.added.contains(name)
     }
 
@@ -505,8 +523,19 @@ mod tests {
             "x-remote-anything",
             "x_forwarded_user",
             "x.real.ip",
+            // Framing and hop-by-hop names in the spellings a framework folds onto them.
+            "transfer_encoding",
+            "transfer.encoding",
+            "content_length",
+            "content.length",
+            "keep_alive",
+            "proxy_connection",
+            "proxy.connection",
+            "http2_settings",
+            "proxy_authorization",
+            "host",
         ] {
-            assert!(is_spoofable(n, &[]), "{n}");
+            assert!(is_spoofable(n, &[], &[]), "{n}");
         }
         for n in [
             "accept",
@@ -520,17 +549,22 @@ mod tests {
             "x-",
             "forwarded-for",
             "origin",
+            "content-type",
+            "transfer-encodings",
+            "x-content-length",
         ] {
-            assert!(!is_spoofable(n, &[]), "{n}");
+            assert!(!is_spoofable(n, &[], &[]), "{n}");
         }
         let owned = [HeaderName::from_static("x-team")];
-        assert!(is_spoofable("x_team", &owned));
-        assert!(!is_spoofable("x-teams", &owned));
+        assert!(is_spoofable("x_team", &owned, &[]));
+        assert!(!is_spoofable("x-teams", &owned, &[]));
+        assert!(is_spoofable("x.team", &[], &owned));
         // A route's own name spelt with `_` or `.` is folded once, when compiled.
         let owned = [folded_name(&HeaderName::from_static("x_team.id"))];
         assert_eq!(owned[0], "x-team-id");
         for n in ["x-team-id", "x_team_id", "x.team.id", "x_team.id"] {
-            assert!(is_spoofable(n, &owned), "{n}");
+            assert!(is_spoofable(n, &owned, &[]), "{n}");
+            assert!(is_spoofable(n, &[], &owned), "{n}");
         }
     }
 

@@ -21,6 +21,8 @@ pub enum TargetError {
     DuplicateHost,
     BadHost,
     HostMismatch,
+    /// `prefix_rewrite` would send a path that the upstream resolves to another one.
+    RewriteNotNormal,
 }
 
 impl fmt::Display for TargetError {
@@ -41,6 +43,9 @@ impl fmt::Display for TargetError {
             TargetError::BadHost => "malformed Host",
             TargetError::HostMismatch => {
                 "the request target names another host than the Host header"
+            }
+            TargetError::RewriteNotNormal => {
+                "the rewritten path would have a dot-segment or an empty segment"
             }
         };
         f.write_str(s)
@@ -164,6 +169,27 @@ pub fn normalize_path_fully(raw: &str) -> Result<String, TargetError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// The path sent upstream by a route with `prefix_rewrite`: the matched `prefix` of the
+/// normalized `path` (or its leading `/`, for a route without one) replaced by `rewrite`.
+///
+/// A prefix match need not end at a segment boundary (`prefix: /static` matches
+/// `/static../admin`), so the joined path can gain a dot-segment (`/assets/../admin`) that
+/// the upstream would resolve to a path no route or policy decided on. The result must
+/// therefore be normalized itself: a path that [`normalize_path`] would change (a `.` or `..`
+/// segment in any spelling, `..;x`, an empty segment) is refused, never passed on.
+pub fn rewrite_prefix(prefix: &str, rewrite: &str, path: &str) -> Result<String, TargetError> {
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let out = match (rewrite.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => format!("{rewrite}{}", &rest[1..]),
+        (false, false) if !rest.is_empty() && prefix.ends_with('/') => format!("{rewrite}/{rest}"),
+        _ => format!("{rewrite}{rest}"),
+    };
+    match normalize_path_fully(&out) {
+        Ok(n) if n == out => Ok(out),
+        _ => Err(TargetError::RewriteNotNormal),
+    }
 }
 
 /// Where a request goes, as decided once for routing, policy and forwarding.
@@ -345,6 +371,45 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize_path(input), Err(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_prefix_and_never_makes_a_dot_segment() {
+        let ok = [
+            ("/static", "/assets/", "/static/x/y", "/assets/x/y"),
+            ("/static", "/assets/", "/static", "/assets/"),
+            ("/static", "/assets/", "/staticfoo", "/assets/foo"),
+            ("/static/", "/assets", "/static/x", "/assets/x"),
+            ("/static/", "/", "/static/x;y/z", "/x;y/z"),
+            ("/", "/base", "/x", "/base/x"),
+            ("/app", "/", "/app", "/"),
+            ("/a", "/b", "/a.", "/b."),
+            ("/a", "/b", "/a..x", "/b..x"),
+        ];
+        for (prefix, rw, path, want) in ok {
+            assert_eq!(
+                rewrite_prefix(prefix, rw, path).as_deref(),
+                Ok(want),
+                "{prefix} {rw} {path}"
+            );
+        }
+        let refused = [
+            ("/static", "/assets/", "/static../admin/x"),
+            ("/static", "/assets/", "/static.."),
+            ("/static", "/assets/", "/static."),
+            ("/static", "/assets/", "/static..;x/admin"),
+            ("/static", "/assets/", "/static.;x/admin"),
+            ("/static", "/assets", "/static/../admin"),
+            ("/a", "/b/", "/a./x"),
+            ("/a", "/b/", "/a//x"),
+        ];
+        for (prefix, rw, path) in refused {
+            assert_eq!(
+                rewrite_prefix(prefix, rw, path),
+                Err(TargetError::RewriteNotNormal),
+                "{prefix} {rw} {path}"
+            );
         }
     }
 
