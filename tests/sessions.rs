@@ -12,7 +12,25 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 
+/// alice: `alice@example.com` (verified), group `staff`.
+fn alice() -> Identity {
+    Identity {
+        iss: "https://idp.test".into(),
+        sub: "u-alice".into(),
+        email: Some("alice@example.com".into()),
+        email_verified: Some(true),
+        groups: vec!["staff".into()],
+        claims: Default::default(),
+        ..Default::default()
+    }
+}
+
 fn cookie_for(host: &str, expires: u64) -> String {
+    cookie_with(host, expires, alice())
+}
+
+/// The Cookie header of a session for `identity` on `host`, sealed as a sign-in seals it.
+fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
     use base64::Engine;
     let key: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(SECRET)
@@ -21,16 +39,7 @@ fn cookie_for(host: &str, expires: u64) -> String {
         .unwrap();
     let s = Session {
         id: rand_id(),
-        identity: Identity {
-            iss: "https://idp.test".into(),
-            sub: "u-alice".into(),
-            email: Some("alice@example.com".into()),
-            email_verified: Some(true),
-            groups: vec!["staff".into()],
-            claims: Default::default(),
-            ..Default::default()
-        }
-        .into(),
+        identity: identity.into(),
         expires,
         id_token_exp: expires,
         refresh_token: None,
@@ -117,6 +126,85 @@ async fn a_signed_in_user_reaches_the_upstream_with_identity_headers_no_client_c
             .status,
         401
     );
+}
+
+#[tokio::test]
+async fn an_unverified_email_is_never_passed_on_as_identity() {
+    let echo = Echo::start("a").await;
+    // Admitted by group, so the policy never needs the email; the IdP says it is unverified
+    // (anyone can type any address at some IdPs).
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\n\
+         jwt_claims_headers:\n  X-Forwarded-User: email\n  X-Who: sub\n\
+         routes:\n  - from: http://app.test\n    to: {}\n    pass_identity_headers: true\n    allowed_groups: [staff]\n",
+        echo.url()
+    ))
+    .await;
+    let unverified = Identity {
+        email: Some("ceo@example.com".into()),
+        email_verified: Some(false),
+        ..alice()
+    };
+    let cookie = cookie_with("app.test", now() + 600, unverified);
+    let r = get(p.addr(), "app.test", "/x", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = r.seen();
+    assert_eq!(s.header("x-forwarded-user"), None);
+    assert_eq!(s.header("x-portcullis-claim-email"), None);
+    assert_eq!(s.all("x-who"), vec!["u-alice"]);
+    let jwt = s.header("x-portcullis-jwt-assertion").unwrap();
+    let payload = jwt_payload(jwt);
+    assert_eq!(payload["sub"], "u-alice");
+    assert!(payload.get("email").is_none(), "{payload}");
+    // Who-am-I says what the IdP sent, and that it is not verified.
+    let me = get(
+        p.addr(),
+        "app.test",
+        "/.portcullis/",
+        &[("cookie", &cookie), ("accept", "application/json")],
+    )
+    .await;
+    let me: serde_json::Value = serde_json::from_slice(&me.body).unwrap();
+    assert_eq!(me["email"], "ceo@example.com");
+    assert_eq!(me["email_verified"], false);
+    let page = get(
+        p.addr(),
+        "app.test",
+        "/.portcullis/",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert!(
+        page.text().contains("ceo@example.com (unverified email"),
+        "{}",
+        page.text()
+    );
+
+    // The control: the same user with the email verified (or not said either way) has it sent.
+    for verified in [Some(true), None] {
+        let id = Identity {
+            email_verified: verified,
+            ..alice()
+        };
+        let cookie = cookie_with("app.test", now() + 600, id);
+        let s = get(p.addr(), "app.test", "/x", &[("cookie", &cookie)])
+            .await
+            .seen();
+        assert_eq!(s.all("x-forwarded-user"), vec!["alice@example.com"]);
+        assert_eq!(s.all("x-portcullis-claim-email"), vec!["alice@example.com"]);
+        let payload = jwt_payload(s.header("x-portcullis-jwt-assertion").unwrap());
+        assert_eq!(payload["email"], "alice@example.com");
+    }
+}
+
+/// The claims of a JWT (its signature is checked elsewhere).
+fn jwt_payload(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 async fn close_reason(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
