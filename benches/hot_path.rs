@@ -88,11 +88,7 @@ fn benches(c: &mut Criterion) {
     let sealed = key
         .seal("session", "openclaw.example.com", &session)
         .expect("seal");
-    let jar = CookieJar {
-        name: "_portcullis".into(),
-        domain: None,
-        max_age: std::time::Duration::from_secs(3600),
-    };
+    let jar = CookieJar::new("_portcullis", None, std::time::Duration::from_secs(3600));
     let headers = cookie_headers(&jar, &sealed);
     let store = NoneRevoked;
     c.bench_function("session cookie open (read, decrypt, decode, checks)", |b| {

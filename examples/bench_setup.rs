@@ -45,11 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sealed = CookieKey::new(&key)?
         .seal("session", host, &s)
         .ok_or("cannot seal the session")?;
-    let jar = CookieJar {
-        name: "_portcullis".into(),
-        domain: None,
-        max_age: Duration::from_secs(24 * 3600),
-    };
+    let jar = CookieJar::new("_portcullis", None, Duration::from_secs(24 * 3600));
     let cookie = jar
         .set_session(&sealed, &http::HeaderMap::new())
         .iter()

@@ -571,7 +571,7 @@ async fn a_callback_uses_up_only_its_own_login_cookie_and_login_cookies_stay_bou
     let state = |i: usize| format!("{i:0>22}");
     let logins = |n: usize| -> String {
         (0..n)
-            .map(|i| format!("_portcullis_csrf_{}=x{i}", state(i)))
+            .map(|i| format!("__Secure-_portcullis_csrf_{}=x{i}", state(i)))
             .collect::<Vec<_>>()
             .join("; ")
     };
@@ -598,7 +598,10 @@ async fn a_callback_uses_up_only_its_own_login_cookie_and_login_cookies_stay_bou
     )
     .await;
     assert_eq!(r.status, 400);
-    assert_eq!(expired(&r), [format!("_portcullis_csrf_{}", state(1))]);
+    assert_eq!(
+        expired(&r),
+        [format!("__Secure-_portcullis_csrf_{}", state(1))]
+    );
     // A state Portcullis never makes names no cookie at all.
     let r = get(
         p.addr(),
@@ -619,7 +622,7 @@ async fn a_callback_uses_up_only_its_own_login_cookie_and_login_cookies_stay_bou
     .await;
     assert_eq!(r.status, 400);
     let mut all: Vec<String> = (0..17)
-        .map(|i| format!("_portcullis_csrf_{}", state(i)))
+        .map(|i| format!("__Secure-_portcullis_csrf_{}", state(i)))
         .collect();
     all.sort();
     assert_eq!(expired(&r), all);

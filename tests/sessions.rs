@@ -48,11 +48,7 @@ fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
         .unwrap()
         .seal("session", host, &s)
         .unwrap();
-    let jar = CookieJar {
-        name: "_portcullis".into(),
-        domain: None,
-        max_age: Duration::from_secs(60),
-    };
+    let jar = CookieJar::new("_portcullis", None, Duration::from_secs(60));
     jar.set_session(&sealed, &http::HeaderMap::new())
         .iter()
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
@@ -289,6 +285,99 @@ async fn signing_out_closes_the_sessions_open_websockets_and_no_others() {
     );
 }
 
+#[tokio::test]
+async fn only_a_sign_out_the_user_asked_for_is_acted_on() {
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    let mine = cookie_for("app.test", now() + 600);
+    let still_in = || async {
+        get(p.addr(), "app.test", "/x", &[("cookie", &mine)])
+            .await
+            .status
+    };
+    let sign_out = |method: &'static str, headers: Vec<(&'static str, String)>| {
+        let mine = mine.clone();
+        let addr = p.addr();
+        async move {
+            let mut b = http::Request::builder()
+                .method(method)
+                .uri("/.portcullis/sign_out")
+                .header("host", "app.test")
+                .header("cookie", mine);
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            send(
+                addr,
+                b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // Another site's link, image or form: a page with a sign-out button, and nothing done.
+    let refused: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("GET", vec![("sec-fetch-site", "cross-site".into())]),
+        ("GET", vec![("sec-fetch-site", "same-site".into())]),
+        ("POST", vec![("sec-fetch-site", "cross-site".into())]),
+        ("POST", vec![("origin", "https://evil.test".into())]),
+        ("POST", vec![("origin", "null".into())]),
+        ("POST", vec![("origin", "http://app.test.evil.test".into())]),
+    ];
+    for (method, headers) in refused {
+        let what = format!("{method} {headers:?}");
+        let r = sign_out(method, headers).await;
+        assert_eq!(r.status, 200, "{what}");
+        assert!(r.headers.get("set-cookie").is_none(), "{what}");
+        let page = r.text();
+        assert!(
+            page.contains(r#"<form method="post" action="/.portcullis/sign_out">"#),
+            "{what}: {page}"
+        );
+        assert_eq!(still_in().await, 200, "{what} signed the user out");
+    }
+    // The user's own: typed or bookmarked (`none`), a browser that sends no Sec-Fetch-Site, or
+    // the sign-out button on one of this host's pages (a same-origin POST).
+    // (A browser sends `Origin: null` for a form on a page with `Referrer-Policy: no-referrer`,
+    // as Portcullis's pages have.)
+    let r = sign_out(
+        "POST",
+        vec![
+            ("sec-fetch-site", "same-origin".into()),
+            ("origin", "null".into()),
+        ],
+    )
+    .await;
+    // A POST's answer is a page that moves on by itself (a redirect answering the form would
+    // be stopped by the page's `form-action 'self'` once it leads to the IdP).
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains(
+            r#"http-equiv="refresh" content="0; url=http://app.test/.portcullis/signed_out""#
+        ),
+        "{}",
+        r.text()
+    );
+    assert!(r.headers.get("set-cookie").is_some());
+    assert_eq!(still_in().await, 401);
+    for (method, headers) in [
+        ("GET", vec![("sec-fetch-site", "none".to_string())]),
+        ("GET", vec![]),
+        ("POST", vec![("origin", "http://app.test".to_string())]),
+        ("POST", vec![]),
+    ] {
+        let r = sign_out(method, headers.clone()).await;
+        let expect = if method == "GET" { 302 } else { 200 };
+        assert_eq!(r.status, expect, "{method} {headers:?}");
+        assert!(
+            r.headers.get("set-cookie").is_some(),
+            "{method} {headers:?}"
+        );
+    }
+    // Other methods are not served there.
+    assert_eq!(sign_out("PUT", vec![]).await.status, 405);
+}
+
 fn metric(text: &str, line_prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_prefix))
@@ -465,6 +554,9 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
     let hits = echo.hits();
     let bearer = format!("Bearer {assertion}");
     let bearer_cookie = format!("Bearer {value}");
+    assert!(cookie.starts_with("__Host-_portcullis="), "{cookie}");
+    let unprefixed = format!("_portcullis={value}");
+    let secure_prefixed = format!("__Secure-_portcullis={value}");
     let attempts: Vec<(String, Vec<(&str, &str)>)> = vec![
         ("/x".into(), vec![("authorization", bearer.as_str())]),
         (
@@ -483,6 +575,10 @@ async fn no_credential_but_the_session_cookie_authenticates_and_no_request_is_ex
         (format!("/x?id_token={assertion}"), vec![]),
         (format!("/x?_portcullis={value}"), vec![]),
         ("/x".into(), vec![("cookie", "_portcullis=")]),
+        // The session under a name without its `__Host-` prefix (a sibling host can set
+        // that one with `Domain=`), or with the other prefix.
+        ("/x".into(), vec![("cookie", unprefixed.as_str())]),
+        ("/x".into(), vec![("cookie", secure_prefixed.as_str())]),
         ("/x".into(), vec![("cookie", "_Portcullis=x")]),
         // Health checkers and well-known paths get no exemption on a protected route.
         ("/healthz".into(), vec![("user-agent", "kube-probe/1.31")]),

@@ -154,20 +154,24 @@ pub async fn serve(
 }
 
 /// Did the user ask for this themselves? Sign-out acts only on a request the browser says is
-/// not from another site (`Sec-Fetch-Site` absent, `none`: typed or bookmarked, or
-/// `same-origin`), and a POST also only with no `Origin` or this origin. SameSite=Lax cookies
-/// ride on another site's top-level links, so without this any page could sign users out.
+/// not from another site: `Sec-Fetch-Site` `none` (typed or bookmarked) or `same-origin` (the
+/// button on a Portcullis page). A client that sends no `Sec-Fetch-Site` (not a current
+/// browser) is taken at its word for a GET, and for a POST when its `Origin` is absent or this
+/// origin. SameSite=Lax cookies ride on another site's top-level links, so without this any
+/// page could sign users out. (`Origin` is not required with `Sec-Fetch-Site`: under this
+/// page's `Referrer-Policy: no-referrer` a browser sends `Origin: null` even for its own form.)
 fn from_this_origin(https: bool, target: &Target, req: &Request<Incoming>) -> bool {
     let h = req.headers();
-    let site_ok = h
-        .get("sec-fetch-site")
-        .is_none_or(|v| v == "none" || v == "same-origin");
-    let origin_ok = req.method() != Method::POST
-        || h.get(header::ORIGIN).is_none_or(|o| {
-            o.to_str()
-                .is_ok_and(|o| o.eq_ignore_ascii_case(&origin(https, target)))
-        });
-    site_ok && origin_ok
+    match h.get("sec-fetch-site") {
+        Some(v) => v == "none" || v == "same-origin",
+        None => {
+            req.method() != Method::POST
+                || h.get(header::ORIGIN).is_none_or(|o| {
+                    o.to_str()
+                        .is_ok_and(|o| o.eq_ignore_ascii_case(&origin(https, target)))
+                })
+        }
+    }
 }
 
 fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {
@@ -272,7 +276,11 @@ fn sign_out(
     cookies.extend(rt.auth.jar.clear_all(req.headers()));
     let post_logout = format!("{}{SIGNED_OUT}", origin(https, target));
     let Some(s) = session else {
-        return redirect(&post_logout);
+        return if req.method() == Method::POST {
+            Ok(moving_on(&post_logout))
+        } else {
+            redirect(&post_logout)
+        };
     };
     // Open WebSockets of this session close now (none listening is fine).
     let _ = shared.signed_out.send(s.id);
@@ -284,13 +292,32 @@ fn sign_out(
         user = s.identity.email.as_deref().unwrap_or(&s.identity.sub),
         "signed out"
     );
-    match rt.auth.oidc.as_ref().and_then(|o| {
-        let hint = rt.auth.sign_out_hint(&target.host, &s, req.headers());
-        o.end_session_url(hint.as_deref(), &post_logout)
-    }) {
-        Some(url) => redirect(url.as_str()),
-        None => redirect(&post_logout),
+    let next = rt
+        .auth
+        .oidc
+        .as_ref()
+        .and_then(|o| {
+            let hint = rt.auth.sign_out_hint(&target.host, &s, req.headers());
+            o.end_session_url(hint.as_deref(), &post_logout)
+        })
+        .map_or(post_logout, |u| u.to_string());
+    if req.method() == Method::POST {
+        // The sign-out button's form: a redirect answering it would be a form submission
+        // to the IdP, which the page's CSP (`form-action 'self'`) stops; a page that moves on
+        // by itself is a plain navigation.
+        return Ok(moving_on(&next));
     }
+    redirect(&next)
+}
+
+/// A page that sends the browser on to `location` (a meta refresh, and a link).
+fn moving_on(location: &str) -> Response<Body> {
+    let to = html_escape(location);
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0; url={to}\">\
+<title>Signing out</title></head><body><p>Signed out here. <a href=\"{to}\">Continue</a></p></body></html>"
+    );
+    page(StatusCode::OK, "text/html; charset=utf-8", html)
 }
 
 fn whoami(

@@ -70,11 +70,11 @@ impl Auth {
                 key,
                 opened: PerWorker::default(),
                 tails: foldhash::fast::RandomState::default(),
-                jar: CookieJar {
-                    name: settings.cookie.name.clone(),
-                    domain: settings.cookie.domain.clone(),
-                    max_age: settings.cookie.expire,
-                },
+                jar: CookieJar::new(
+                    &settings.cookie.name,
+                    settings.cookie.domain.clone(),
+                    settings.cookie.expire,
+                ),
                 oidc,
                 signer,
                 signing_key_pem: settings.signing_key_pem.clone(),
@@ -195,8 +195,11 @@ type RefreshKey = ([u8; 16], u64);
 
 #[derive(Default)]
 pub struct Refreshes {
-    /// (session id, expired ID token's `exp`) → (shared result, started at): one refresh per
-    /// expiry, shared by the requests that carry the same old cookie.
+    /// (session id, expired ID token's `exp`) → (shared result, kept until): one refresh per
+    /// expiry, shared by the requests that carry the same old cookie. A failed one is kept a
+    /// minute; a successful one until the ID token it brought expires, so that a browser
+    /// whose open WebSocket refreshed its session (a socket sets no cookie) gets the same
+    /// result with its next request rather than spending the refresh token again.
     map: Mutex<HashMap<RefreshKey, (RefreshCell, u64)>>,
 }
 
@@ -208,27 +211,34 @@ impl Refreshes {
                 return None;
             };
             let t = now();
-            m.retain(|_, (_, at)| t.saturating_sub(*at) < 60);
+            m.retain(|_, (_, until)| *until > t);
             m.entry((s.id, s.id_token_exp))
-                .or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), t))
+                .or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), t + 60))
                 .0
                 .clone()
         };
-        cell.get_or_init(|| async {
-            match tokio::time::timeout(Duration::from_secs(15), oidc.refresh(s)).await {
-                Ok(Ok(n)) => {
-                    tracing::debug!("session refreshed");
-                    Some(n)
+        let fresh = cell
+            .get_or_init(|| async {
+                match tokio::time::timeout(Duration::from_secs(15), oidc.refresh(s)).await {
+                    Ok(Ok(n)) => {
+                        tracing::debug!("session refreshed");
+                        Some(n)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "refresh failed: the user signs in again");
+                        None
+                    }
+                    Err(_) => None,
                 }
-                Ok(Err(e)) => {
-                    tracing::info!(error = %e, "refresh failed: the user signs in again");
-                    None
-                }
-                Err(_) => None,
+            })
+            .await
+            .clone();
+        if let (Some(n), Ok(mut m)) = (&fresh, self.map.lock()) {
+            if let Some(e) = m.get_mut(&(s.id, s.id_token_exp)) {
+                e.1 = e.1.max(n.session.id_token_exp.min(n.session.expires) + 60);
             }
-        })
-        .await
-        .clone()
+        }
+        fresh
     }
 }
 
@@ -255,11 +265,7 @@ mod tests {
             opened: PerWorker::default(),
             tails: foldhash::fast::RandomState::default(),
             key: Some(CookieKey::new(&[3; 32]).unwrap()),
-            jar: CookieJar {
-                name: "_p".into(),
-                domain: None,
-                max_age: Duration::from_secs(60),
-            },
+            jar: CookieJar::new("_p", None, Duration::from_secs(60)),
             oidc: None,
             signer: Arc::new(Signer::new(None).unwrap().0),
             signing_key_pem: None,
@@ -307,7 +313,7 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().split('=').next().unwrap())
             .collect();
-        assert_eq!(names, ["_p", "_p_signout"]);
+        assert_eq!(names, ["__Host-_p", "__Secure-_p_signout"]);
         let every_request = sent_back(&set[..1]);
         assert_eq!(
             a.open(&Revoked(None), "h", &every_request).as_deref(),
@@ -341,8 +347,12 @@ mod tests {
         let session_text = value(&set[0]);
         let session_text = session_text.strip_prefix("v1.1.").unwrap();
         let swapped = sent_back(&[
-            format!("_p=v1.1.{}", value(&set[1])).parse().unwrap(),
-            format!("_p_signout={session_text}").parse().unwrap(),
+            format!("__Host-_p=v1.1.{}", value(&set[1]))
+                .parse()
+                .unwrap(),
+            format!("__Secure-_p_signout={session_text}")
+                .parse()
+                .unwrap(),
         ]);
         assert!(a.open(&Revoked(None), "h", &swapped).is_none());
         assert_eq!(a.sign_out_hint("h", &new.session, &swapped), None);
@@ -372,7 +382,7 @@ mod tests {
         assert!(a.open(&Revoked(None), "h", &h).is_some());
         // Same length, same last 32 bytes: the same cache key, but another text.
         let text = h[http::header::COOKIE].to_str().unwrap().to_string();
-        let i = "_p=v1.1.".len() + 4;
+        let i = "__Host-_p=v1.1.".len() + 4;
         let flipped = if &text[i..=i] == "A" { "B" } else { "A" };
         let forged = format!("{}{flipped}{}", &text[..i], &text[i + 1..]);
         let mut f = HeaderMap::new();

@@ -139,15 +139,46 @@ impl CookieKey {
     }
 }
 
-/// Cookie settings needed to read and write session cookies.
+/// Cookie settings needed to read and write session cookies, and the names made from them.
+///
+/// Every name carries a cookie prefix that browsers enforce, so no other host can plant or
+/// shadow one: without `cookie_domain` the session (and its chunks) is `__Host-NAME` (only
+/// this exact host can set it: Secure, `Path=/`, no Domain); with `cookie_domain` it is
+/// `__Secure-NAME`. The login and sign-out cookies, whose paths are narrower than `/`, are
+/// `__Secure-NAME_csrf_STATE` and `__Secure-NAME_signout`.
 #[derive(Clone, Debug)]
 pub struct CookieJar {
+    /// `cookie_name`, without a prefix.
     pub name: String,
     pub domain: Option<String>,
     pub max_age: Duration,
+    /// The session cookie's name (its chunks add `_1`, `_2`…).
+    session: String,
+    /// `__Secure-` and `cookie_name`: the login and sign-out cookies' names start so.
+    secure: String,
 }
 
 impl CookieJar {
+    pub fn new(name: &str, domain: Option<String>, max_age: Duration) -> CookieJar {
+        let prefix = if domain.is_some() {
+            "__Secure-"
+        } else {
+            "__Host-"
+        };
+        CookieJar {
+            session: format!("{prefix}{name}"),
+            secure: format!("__Secure-{name}"),
+            name: name.to_string(),
+            domain,
+            max_age,
+        }
+    }
+
+    /// The session cookie's name, prefix included.
+    pub fn session_name(&self) -> &str {
+        &self.session
+    }
+
     /// Scope a cookie is bound to: the cookie domain if one is set, else the exact host.
     pub fn scope<'a>(&'a self, host: &'a str) -> &'a str {
         self.domain.as_deref().unwrap_or(host)
@@ -156,12 +187,12 @@ impl CookieJar {
     /// The login cookie of the sign-in whose `state` this is: one per sign-in in progress, so
     /// sign-ins started in several tabs at once each complete.
     pub fn login_name(&self, state: &str) -> String {
-        format!("{}_csrf_{state}", self.name)
+        format!("{}_csrf_{state}", self.secure)
     }
 
     /// Names of the login cookies a request carries (any state Portcullis could have made).
     pub fn login_cookies<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
-        let prefix = format!("{}_csrf_", self.name);
+        let prefix = format!("{}_csrf_", self.secure);
         cookie_pairs(headers)
             .filter_map(|(k, _)| std::str::from_utf8(k).ok())
             .filter(|k| k.strip_prefix(&prefix).is_some_and(valid_state))
@@ -170,7 +201,7 @@ impl CookieJar {
 
     /// The cookie holding the session's [`SignOutHint`].
     pub fn hint_name(&self) -> String {
-        format!("{}_signout", self.name)
+        format!("{}_signout", self.secure)
     }
 
     /// Stores a session's sealed [`SignOutHint`], seen by the sign-out endpoint alone; one
@@ -191,6 +222,8 @@ impl CookieJar {
 
     fn attrs(&self, path: &str, max_age: u64) -> String {
         let mut a = format!("; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax");
+        // A `__Host-` cookie has no Domain (browsers refuse it with one); `domain` is `None`
+        // exactly when the session is `__Host-`.
         if let Some(d) = &self.domain {
             a.push_str("; Domain=");
             a.push_str(d);
@@ -207,11 +240,11 @@ impl CookieJar {
         for (i, part) in parts.iter().enumerate() {
             let (name, value) = if i == 0 {
                 (
-                    self.name.clone(),
+                    self.session.clone(),
                     format!("{VERSION}.{}.{part}", parts.len()),
                 )
             } else {
-                (format!("{}_{i}", self.name), (*part).to_string())
+                (format!("{}_{i}", self.session), (*part).to_string())
             };
             if let Ok(v) =
                 HeaderValue::from_str(&format!("{name}={value}{}", self.attrs("/", max_age)))
@@ -220,7 +253,7 @@ impl CookieJar {
             }
         }
         for i in parts.len()..MAX_CHUNKS {
-            let name = format!("{}_{i}", self.name);
+            let name = format!("{}_{i}", self.session);
             if i > 0 && cookie(headers, &name).is_some() {
                 out.extend(HeaderValue::from_str(&format!(
                     "{name}={}",
@@ -237,13 +270,13 @@ impl CookieJar {
         let mut out = Vec::new();
         out.extend(HeaderValue::from_str(&format!(
             "{}={}",
-            self.name,
+            self.session,
             self.attrs("/", 0)
         )));
         for i in 1..MAX_CHUNKS {
             out.extend(HeaderValue::from_str(&format!(
                 "{}_{i}={}",
-                self.name,
+                self.session,
                 self.attrs("/", 0)
             )));
         }
@@ -257,7 +290,7 @@ impl CookieJar {
     /// The session cookie's sealed text, reassembled from its chunks: bytes as they came
     /// (they are base64 when valid, and the AEAD decides that; no pass to check for UTF-8).
     pub fn read_session<'h>(&self, headers: &'h HeaderMap) -> Option<Cow<'h, [u8]>> {
-        let first = cookie_bytes(headers, &self.name)?;
+        let first = cookie_bytes(headers, &self.session)?;
         let rest = first.strip_prefix(VERSION.as_bytes())?.strip_prefix(b".")?;
         let dot = memchr::memchr(b'.', rest)?;
         let (n, head) = (&rest[..dot], &rest[dot + 1..]);
@@ -271,7 +304,7 @@ impl CookieJar {
         let mut all = Vec::with_capacity(n * CHUNK);
         all.extend_from_slice(head);
         for i in 1..n {
-            all.extend_from_slice(cookie_bytes(headers, &format!("{}_{i}", self.name))?);
+            all.extend_from_slice(cookie_bytes(headers, &format!("{}_{i}", self.session))?);
         }
         Some(Cow::Owned(all))
     }
@@ -380,11 +413,7 @@ mod tests {
     }
 
     fn jar() -> CookieJar {
-        CookieJar {
-            name: "_p".into(),
-            domain: None,
-            max_age: Duration::from_secs(60),
-        }
+        CookieJar::new("_p", None, Duration::from_secs(60))
     }
 
     fn request_with(set: &[HeaderValue]) -> HeaderMap {
@@ -468,7 +497,7 @@ mod tests {
         let cookie_line = req[COOKIE].to_str().unwrap().to_string();
         let without: Vec<&str> = cookie_line
             .split("; ")
-            .filter(|c| !c.starts_with("_p_1="))
+            .filter(|c| !c.starts_with("__Host-_p_1="))
             .collect();
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_str(&without.join("; ")).unwrap());
@@ -480,7 +509,7 @@ mod tests {
         let set2 = jar.set_session(&small, &req);
         assert!(set2
             .iter()
-            .any(|v| v.to_str().unwrap().starts_with("_p_1=; ")
+            .any(|v| v.to_str().unwrap().starts_with("__Host-_p_1=; ")
                 && v.to_str().unwrap().contains("Max-Age=0")));
     }
 
@@ -502,7 +531,9 @@ mod tests {
         let mut req = request_with(&set);
         req.append(
             COOKIE,
-            HeaderValue::from_static("_p=s; _p_1=t; _p_csrf=old; _p_csrf_a b=x; other=x"),
+            HeaderValue::from_static(
+                "__Host-_p=s; __Host-_p_1=t; __Secure-_p_csrf=old; __Secure-_p_csrf_a b=x; _p_csrf_AAAAAAAAAAAAAAAAAAAAAA=x; other=x",
+            ),
         );
         assert_eq!(cookie(&req, &jar.login_name(a)), Some("sealed-a"));
         assert_eq!(cookie(&req, &jar.login_name(b)), Some("sealed-b"));
@@ -525,11 +556,12 @@ mod tests {
         }
         assert!(cleared
             .iter()
-            .any(|c| c.starts_with("_p=; Path=/; Max-Age=0")));
+            .any(|c| c.starts_with("__Host-_p=; Path=/; Max-Age=0")));
         assert!(
             cleared
                 .iter()
-                .any(|c| c.starts_with("_p_signout=; Path=/.portcullis/sign_out; Max-Age=0")),
+                .any(|c| c
+                    .starts_with("__Secure-_p_signout=; Path=/.portcullis/sign_out; Max-Age=0")),
             "sign-out hint not expired: {cleared:?}"
         );
     }
@@ -540,7 +572,7 @@ mod tests {
         let set = jar.set_hint(Some("sealed")).unwrap();
         assert_eq!(
             set.to_str().unwrap(),
-            "_p_signout=sealed; Path=/.portcullis/sign_out; Max-Age=60; Secure; HttpOnly; SameSite=Lax"
+            "__Secure-_p_signout=sealed; Path=/.portcullis/sign_out; Max-Age=60; Secure; HttpOnly; SameSite=Lax"
         );
         // Too large for one cookie: the older hint is expired instead (sign-out goes without).
         let big = "x".repeat(CHUNK + 1);
@@ -549,7 +581,7 @@ mod tests {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .starts_with("_p_signout=; Path=/.portcullis/sign_out; Max-Age=0;"),);
+                .starts_with("__Secure-_p_signout=; Path=/.portcullis/sign_out; Max-Age=0;"),);
         }
     }
 
@@ -577,6 +609,41 @@ mod tests {
         };
         let sealed = key(1).seal("session", "h", &before).unwrap();
         assert_eq!(key(1).open::<Session>("session", "h", &sealed), Some(s));
+    }
+
+    #[test]
+    fn every_cookie_name_carries_a_prefix_no_other_host_can_set() {
+        let host_only = jar();
+        let with_domain = CookieJar::new("_p", Some("example.com".into()), Duration::from_secs(60));
+        let first = |v: &[HeaderValue]| v[0].to_str().unwrap().to_string();
+        let s = first(&host_only.set_session("abc", &HeaderMap::new()));
+        assert!(s.starts_with("__Host-_p=v1.1.abc; Path=/;"), "{s}");
+        assert!(s.contains("; Secure") && !s.contains("Domain"), "{s}");
+        let s = first(&with_domain.set_session("abc", &HeaderMap::new()));
+        assert!(s.starts_with("__Secure-_p=v1.1.abc; Path=/;"), "{s}");
+        assert!(s.ends_with("; Domain=example.com"), "{s}");
+        for j in [&host_only, &with_domain] {
+            assert_eq!(j.login_name("S"), "__Secure-_p_csrf_S");
+            assert_eq!(j.hint_name(), "__Secure-_p_signout");
+            let login = j.set_login("S", "x").unwrap();
+            assert!(login
+                .to_str()
+                .unwrap()
+                .starts_with("__Secure-_p_csrf_S=x; Path=/.portcullis/;"));
+        }
+        // Only the prefixed name is read: a cookie under the bare name (planted by a sibling
+        // host with `Domain=`, or left by an earlier build) is no session and hides none.
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("_p=v1.1.planted"));
+        assert!(host_only.read_session(&h).is_none());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static(
+                "_p=v1.1.planted; __Secure-_p=v1.1.other; __Host-_p=v1.1.mine",
+            ),
+        );
+        assert_eq!(host_only.read_session(&h).as_deref(), Some(&b"mine"[..]));
+        assert_eq!(with_domain.read_session(&h).as_deref(), Some(&b"other"[..]));
     }
 
     #[test]

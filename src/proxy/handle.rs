@@ -160,7 +160,7 @@ fn is_own_path(path: &str) -> bool {
 
 async fn inner<'r>(
     rt: &'r Arc<Runtime>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     cx: &mut Ctx<'r>,
@@ -222,9 +222,9 @@ async fn inner<'r>(
         None
     };
 
-    let (sid, session_expires, identity) = match session {
-        Some(s) => (Some(s.id), Some(s.expires), Some(s.identity.clone())),
-        None => (None, None, None),
+    let (sid, identity) = match &session {
+        Some(s) => (Some(s.id), Some(s.identity.clone())),
+        None => (None, None),
     };
     cx.user.clone_from(&identity);
     // The scheme the browser sees is the route's (`from`), also behind a TLS terminator with
@@ -311,10 +311,11 @@ async fn inner<'r>(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let revoke = Arc::new(tokio::sync::Notify::new());
         let ends = websocket::Ends {
-            session: sid.zip(session_expires),
+            session,
+            shared: shared.clone(),
             signed_out: shared.signed_out.subscribe(),
             revoked: revoke.clone(),
-            _registered: shared.sockets.add(websocket::OpenSocket {
+            registered: shared.sockets.add(websocket::OpenSocket {
                 host: target.host.clone(),
                 port: target.port,
                 path: target.path.clone(),

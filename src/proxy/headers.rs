@@ -369,10 +369,16 @@ pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> 
     }
 }
 
-/// Is this `name=value` pair one of the session's cookies (`NAME`, its chunks `NAME_1`...,
-/// the login cookies `NAME_csrf_STATE`)? Bytes, not text: a Cookie header may carry UTF-8.
+/// Is this `name=value` pair one of Portcullis's cookies (`NAME`, its chunks `NAME_1`...,
+/// the login cookies `NAME_csrf_STATE`, the sign-out cookie `NAME_signout`), with the
+/// `__Host-` or `__Secure-` prefix its names carry or without (as an earlier build named
+/// them)? Bytes, not text: a Cookie header may carry UTF-8.
 fn is_session_cookie(pair: &[u8], name: &str) -> bool {
     let n = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
+    let n = n
+        .strip_prefix(b"__Host-")
+        .or_else(|| n.strip_prefix(b"__Secure-"))
+        .unwrap_or(n);
     n == name.as_bytes()
         || n.strip_prefix(name.as_bytes())
             .and_then(|r| r.strip_prefix(b"_"))
@@ -792,11 +798,16 @@ mod tests {
         h.insert(
             "cookie",
             HeaderValue::from_static(
-                "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; _portcullisx=keep",
+                "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; _portcullisx=keep; \
+                 __Host-_portcullis=s; __Host-_portcullis_2=t; __Secure-_portcullis=s; __Secure-_portcullis_signout=h; \
+                 __Secure-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; __Host-other=keep; __Secure-_portcullisy=keep",
             ),
         );
         let out = upstream(h.clone(), fw(&[]));
-        assert_eq!(out["cookie"], "a=1; _portcullisx=keep");
+        assert_eq!(
+            out["cookie"],
+            "a=1; _portcullisx=keep; __Host-other=keep; __Secure-_portcullisy=keep"
+        );
         let h = map(&[("cookie", "_portcullis=s")]);
         assert!(!upstream(h, fw(&[])).contains_key("cookie"));
         // Headers before the first that carries the session pass too, in their order.

@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+use crate::auth::session::Session;
 use crate::policy::{evaluate, Facts, Identity, Outcome};
 use crate::runtime::Runtime;
+
+use super::handle::Shared;
 
 use hyper_util::rt::TokioIo;
 
@@ -59,13 +62,17 @@ pub fn same_origin(origin: &str, https: bool, target: &Target) -> bool {
 
 /// What ends a signed-in user's WebSocket besides either side closing it.
 pub struct Ends {
-    /// The session id and its end (unix seconds), for a signed-in user.
-    pub session: Option<([u8; 16], u64)>,
+    /// A signed-in user's session: it ends at its `expires`, and when its ID token expires it
+    /// is refreshed (as an HTTP request's would be) or the socket ends.
+    pub session: Option<Arc<Session>>,
+    /// The running config (its IdP, to refresh with; its policies, to decide a refreshed
+    /// identity again), the shared refreshes and the revocation store.
+    pub shared: Arc<Shared>,
     pub signed_out: tokio::sync::broadcast::Receiver<[u8; 16]>,
     /// Notified when a reloaded policy no longer lets this socket's user in.
     pub revoked: Arc<Notify>,
     /// Keeps the socket in the registry while it is open.
-    pub _registered: Registered,
+    pub registered: Registered,
 }
 
 /// What a reload needs to decide an open WebSocket again.
@@ -87,6 +94,20 @@ pub struct Registry {
 
 /// Removes its socket from the registry when dropped.
 pub struct Registered(Arc<Registry>, u64);
+
+impl Registered {
+    /// The socket's user after a refresh: a reload decides on this identity from now on.
+    /// Returns whether the running config still lets the socket's user in.
+    fn set_identity(&self, identity: Arc<Identity>, rt: &Runtime) -> bool {
+        let Ok(mut m) = self.0.open.lock() else {
+            return false;
+        };
+        m.get_mut(&self.1).is_some_and(|s| {
+            s.identity = Some(identity);
+            allowed(s, rt)
+        })
+    }
+}
 
 impl Drop for Registered {
     fn drop(&mut self) {
@@ -110,22 +131,27 @@ impl Registry {
         let Ok(m) = self.open.lock() else { return 0 };
         let mut closed = 0;
         for s in m.values() {
-            let allowed = rt.routes.find(&s.host, s.port, &s.path).is_some_and(|r| {
-                let facts = Facts {
-                    method: &http::Method::GET,
-                    path: &s.path,
-                    ip: Some(s.ip),
-                };
-                r.allow_websockets
-                    && evaluate(&r.policy, s.identity.as_deref(), &facts).outcome == Outcome::Allow
-            });
-            if !allowed {
+            if !allowed(s, rt) {
                 s.revoke.notify_one();
                 closed += 1;
             }
         }
         closed
     }
+}
+
+/// Does `rt` still let this socket's user in (its route, with `allow_websockets`, and its
+/// policy for the socket's identity)?
+fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
+    rt.routes.find(&s.host, s.port, &s.path).is_some_and(|r| {
+        let facts = Facts {
+            method: &http::Method::GET,
+            path: &s.path,
+            ip: Some(s.ip),
+        };
+        r.allow_websockets
+            && evaluate(&r.policy, s.identity.as_deref(), &facts).outcome == Outcome::Allow
+    })
 }
 
 /// Close code sent when access ends (1008, policy violation), with a reason the page can show.
@@ -142,22 +168,67 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     f
 }
 
+const EXPIRED: &str = "session expired: sign in again";
+const SIGNED_OUT: &str = "signed out: sign in again";
+const POLICY: &str = "access revoked by a policy change";
+
+/// Waits until the socket's access ends, and says why. A session whose ID token expires is
+/// refreshed when it has a refresh token (as a request's would be, and sharing the refresh
+/// with the browser's requests): a user disabled at the IdP loses the socket then, not at the
+/// session's end. A sign-out broadcast this socket missed (it lagged) is looked up in the
+/// revocation store instead.
 async fn ended(e: &mut Ends) -> &'static str {
-    let (session, expires) = match e.session {
-        Some((id, exp)) => (Some(id), exp),
-        None => (None, u64::MAX / 4),
-    };
-    let left = expires.saturating_sub(crate::auth::session::now());
-    let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
-    tokio::pin!(expiry);
     loop {
+        let now = crate::auth::session::now();
+        let (id, expires, refresh_at) = match &e.session {
+            Some(s) => {
+                let refreshable = s.refresh_token.is_some();
+                (
+                    Some(s.id),
+                    s.expires,
+                    refreshable
+                        .then_some(s.id_token_exp)
+                        .filter(|&t| t < s.expires),
+                )
+            }
+            None => (None, u64::MAX / 4, None),
+        };
+        let wake = refresh_at.unwrap_or(expires).min(expires);
+        let timer = tokio::time::sleep(std::time::Duration::from_secs(wake.saturating_sub(now)));
         tokio::select! {
-            _ = &mut expiry => return "session expired: sign in again",
-            _ = e.revoked.notified() => return "access revoked by a policy change",
+            _ = timer => {
+                let Some(s) = e.session.clone() else { continue };
+                if crate::auth::session::now() >= s.expires {
+                    return EXPIRED;
+                }
+                let rt = e.shared.runtime.load_full();
+                let Some(oidc) = rt.auth.oidc.as_ref() else { return EXPIRED };
+                let Some(fresh) = e.shared.refreshes.refresh(oidc, &s).await else {
+                    return EXPIRED;
+                };
+                if fresh.session.id_token_exp <= crate::auth::session::now() {
+                    // The IdP gave no ID token valid now (or a clock far off): ending the
+                    // socket beats asking again in a loop.
+                    return EXPIRED;
+                }
+                let identity = fresh.session.identity.clone();
+                e.session = Some(Arc::new(fresh.session));
+                if !e.registered.set_identity(identity, &rt) {
+                    return POLICY;
+                }
+            }
+            _ = e.revoked.notified() => return POLICY,
             r = e.signed_out.recv() => match r {
-                Ok(id) if Some(id) == session => return "signed out: sign in again",
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return std::future::pending().await,
+                Ok(signed_out) if Some(signed_out) == id => return SIGNED_OUT,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if id.is_some_and(|id| e.shared.store.is_revoked(&id)) {
+                        return SIGNED_OUT;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return std::future::pending().await
+                }
             },
         }
     }

@@ -60,7 +60,7 @@ function claims(issuer, nonce, over = {}) {
 }
 
 const setCookies = (r) => [r.headers['set-cookie'] || []].flat();
-const sessionCookie = (r) => setCookies(r).map((c) => c.split(';')[0]).find((c) => /^_portcullis=./.test(c));
+const sessionCookie = (r) => setCookies(r).map((c) => c.split(';')[0]).find((c) => /^__Host-_portcullis=./.test(c));
 
 let echo;
 before(async () => { echo = await startEcho('forged'); });
@@ -187,7 +187,7 @@ test('a code issued to another client, injected with our state, is not redeemed'
     assert.ok(callback, 'the IdP sent the code to our callback');
     assert.match(callback.url(), /[?&]code=/);
     assert.ok(callback.status() >= 400, `status ${callback.status()}`);
-    assert.equal((await context.cookies(`https://app.test:${port}`)).some((c) => c.name === '_portcullis'), false);
+    assert.equal((await context.cookies(`https://app.test:${port}`)).some((c) => c.name === '__Host-_portcullis'), false);
     await context.close();
   } finally {
     await browser.close();

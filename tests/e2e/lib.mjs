@@ -29,6 +29,9 @@ export const USERS = {
   carol: { email: 'carol@example.com', email_verified: false, name: 'Carol', groups: [] },
 };
 
+/** Accounts disabled at the IdP: they can no longer sign in, nor refresh a session. */
+export const DISABLED = new Set();
+
 export async function freePort() {
   const srv = net.createServer();
   srv.listen(0, '127.0.0.1');
@@ -81,7 +84,7 @@ export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idT
     }],
     async findAccount(ctx, id) {
       const u = USERS[id];
-      if (!u) return undefined;
+      if (!u || DISABLED.has(id)) return undefined;
       return { accountId: id, async claims() { return { sub: id, ...u }; } };
     },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
@@ -98,11 +101,17 @@ export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idT
     },
   });
   provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
+  const grants = { refresh: 0 };
+  provider.on('grant.success', (ctx) => {
+    if (ctx.oidc.params.grant_type === 'refresh_token') grants.refresh += 1;
+  });
   const server = provider.listen(port, host);
   await once(server, 'listening');
   return {
     issuer,
     provider,
+    /** How many refresh-token grants the IdP has answered. */
+    grants,
     async close() {
       server.closeAllConnections?.();
       await new Promise((r) => server.close(r));

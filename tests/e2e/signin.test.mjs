@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import * as jose from 'jose';
 import { after, before, describe, test } from 'node:test';
 import {
-  config, cookieHeader, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
+  config, cookieHeader, DISABLED, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis,
+  tmpdir,
 } from './lib.mjs';
 
 let browser;
@@ -42,6 +43,24 @@ async function signIn(context, url, user) {
   assert.match(page.url(), /^http:\/\/127\.0\.0\.1:\d+\/interaction\//, 'a private window is sent to the IdP');
   await idpLogin(page, user);
   return page;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Serves `html` as the page at `url` (another site, or a sibling host, in the tests below). */
+async function hostilePage(context, url, html) {
+  const page = await context.newPage();
+  await page.route(url, (route) => route.fulfill({ status: 200, contentType: 'text/html', body: html }));
+  await page.goto(url, { waitUntil: 'domcontentloaded' });
+  return page;
+}
+
+/** Who-am-I for the cookies the browser context holds for `app` (all it would send). */
+async function whoami(context, app) {
+  const { port } = new URL(app);
+  const cookie = await cookieHeader(context, app);
+  const r = await request(port, 'app.test', '/.portcullis/', { headers: { cookie, accept: 'application/json' } });
+  return JSON.parse(r.body);
 }
 
 function seen(text) {
@@ -83,13 +102,13 @@ describe('sign-in with OpenID Connect', () => {
 
       assert.equal(header(body, 'cookie').join(';').includes('_portcullis'), false, 'the session cookie reached the upstream');
       const cookies = await context.cookies(s.app);
-      const session = cookies.find((c) => c.name === '_portcullis');
+      const session = cookies.find((c) => c.name === '__Host-_portcullis');
       assert.ok(session, 'session cookie set');
       assert.equal(session.secure, true);
       assert.equal(session.httpOnly, true);
       assert.equal(session.sameSite, 'Lax');
       assert.equal(session.domain, 'app.test', 'host-only cookie');
-      assert.deepEqual((await context.cookies()).filter((c) => c.name.startsWith('_portcullis_csrf')), [], 'login cookie cleared');
+      assert.deepEqual((await context.cookies()).filter((c) => c.name.startsWith('__Secure-_portcullis_csrf')), [], 'login cookie cleared');
       // Identity a client claims for itself never reaches the upstream, signed in or not.
       const cookie = await cookieHeader(context, s.app);
       const spoof = {
@@ -147,7 +166,7 @@ describe('sign-in with OpenID Connect', () => {
       const text = await page.locator('body').innerText();
       assert.match(text, /403/);
       assert.match(text, /bob@other\.test/);
-      assert.equal(await page.locator('a[href="/.portcullis/sign_out"]').count(), 1);
+      assert.equal(await page.locator('form[method=post][action="/.portcullis/sign_out"] button').count(), 1);
       const ws = await page.evaluate(async () => new Promise((resolve) => {
         const w = new WebSocket(`wss://${location.host}/ws`);
         w.onopen = () => resolve('open');
@@ -196,7 +215,7 @@ describe('sign-in with OpenID Connect', () => {
       await signIn(context, `${s.app}/`, 'alice');
       const good = await cookieHeader(context, s.app);
       assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: good, accept: 'application/json' } })).status, 200);
-      const forged = good.replace(/(_portcullis=v1\.1\.)(.)/, (m, p, c) => p + (c === 'A' ? 'B' : 'A'));
+      const forged = good.replace(/(__Host-_portcullis=v1\.1\.)(.)/, (m, p, c) => p + (c === 'A' ? 'B' : 'A'));
       assert.notEqual(forged, good);
       assert.equal((await request(s.port, 'app.test', '/x', { headers: { cookie: forged, accept: 'application/json' } })).status, 401);
       // A session made for app.test does not open on another route host.
@@ -230,7 +249,7 @@ describe('sign-in with OpenID Connect', () => {
       const other = await browser.newContext({ ignoreHTTPSErrors: true });
       const p2 = await other.newPage();
       assert.equal((await p2.goto(callback, { waitUntil: 'domcontentloaded' })).status(), 400);
-      assert.equal((await other.cookies(s.app)).some((c) => c.name === '_portcullis'), false);
+      assert.equal((await other.cookies(s.app)).some((c) => c.name === '__Host-_portcullis'), false);
       await other.close();
       await context.close();
     } finally {
@@ -243,7 +262,7 @@ describe('sign-in with OpenID Connect', () => {
     const s = await setup();
     try {
       const context = await browser.newContext({ ignoreHTTPSErrors: true });
-      const logins = async () => (await context.cookies()).filter((c) => c.name.startsWith('_portcullis_csrf'));
+      const logins = async () => (await context.cookies()).filter((c) => c.name.startsWith('__Secure-_portcullis_csrf'));
       const first = await context.newPage();
       const second = await context.newPage();
       for (const [page, path] of [[first, '/first'], [second, '/second']]) {
@@ -278,9 +297,9 @@ describe('sign-in with OpenID Connect', () => {
       // The session cookie, sent with every request, is small; the ID token (most of a
       // session's size) is in a cookie sent to the sign-out endpoint alone.
       const names = async (path) => (await context.cookies(`${s.app}${path}`)).map((c) => c.name).sort();
-      assert.deepEqual(await names('/x'), ['_portcullis']);
-      assert.deepEqual(await names('/.portcullis/sign_out'), ['_portcullis', '_portcullis_signout']);
-      const sessionCookie = (await context.cookies(s.app)).find((c) => c.name === '_portcullis');
+      assert.deepEqual(await names('/x'), ['__Host-_portcullis']);
+      assert.deepEqual(await names('/.portcullis/sign_out'), ['__Host-_portcullis', '__Secure-_portcullis_signout']);
+      const sessionCookie = (await context.cookies(s.app)).find((c) => c.name === '__Host-_portcullis');
       assert.ok(sessionCookie.value.length < 512, `session cookie of ${sessionCookie.value.length} bytes`);
       const ends = [];
       page.on('request', (r) => {
@@ -298,7 +317,7 @@ describe('sign-in with OpenID Connect', () => {
       await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }), page.click('button[name=logout]')]);
       assert.equal(new URL(page.url()).pathname, '/.portcullis/signed_out');
       assert.match(await page.locator('body').innerText(), /signed out/i);
-      assert.equal((await context.cookies(s.app)).some((c) => c.name === '_portcullis'), false, 'cookie cleared');
+      assert.equal((await context.cookies(s.app)).some((c) => c.name === '__Host-_portcullis'), false, 'cookie cleared');
       const replay = await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
       assert.equal(replay.status, 401, 'a copy of the cookie taken before sign-out still works');
       // The IdP session is over: the next visit shows its login form again.
@@ -353,9 +372,9 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal(r.status, 200, r.body);
       assert.deepEqual(header(seen(r.body), 'x-forwarded-user'), ['alice@example.com']);
       const set = [r.headers['set-cookie']].flat().filter(Boolean);
-      assert.ok(set.some((c) => c.startsWith('_portcullis=v1.')), 'a refreshed session cookie was set');
+      assert.ok(set.some((c) => c.startsWith('__Host-_portcullis=v1.')), 'a refreshed session cookie was set');
       assert.ok(
-        set.some((c) => c.startsWith('_portcullis_signout=') && c.includes('Path=/.portcullis/sign_out;') && !c.includes('Max-Age=0')),
+        set.some((c) => c.startsWith('__Secure-_portcullis_signout=') && c.includes('Path=/.portcullis/sign_out;') && !c.includes('Max-Age=0')),
         'the refreshed ID token is kept for sign-out',
       );
       await context.close();
@@ -391,6 +410,113 @@ describe('sign-in with OpenID Connect', () => {
     } finally {
       await s.proxy.stop();
       await idp?.close();
+    }
+  });
+  test('a sign-out link on another site is not acted on; the button it leads to is', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      await signIn(context, `${s.app}/`, 'alice');
+      const evil = `https://evil.test:${s.port}/`;
+      const page = await hostilePage(context, evil, `<a id="go" href="${s.app}/.portcullis/sign_out">win a prize</a>
+        <form id="f" method="post" action="${s.app}/.portcullis/sign_out"></form>`);
+      await Promise.all([page.waitForNavigation({ waitUntil: 'domcontentloaded' }), page.click('#go')]);
+      assert.equal(new URL(page.url()).pathname, '/.portcullis/sign_out');
+      assert.match(await page.locator('body').innerText(), /another site asked to sign you out/);
+      assert.equal((await whoami(context, s.app)).email, 'alice@example.com', 'a cross-site link signed the user out');
+      // A cross-site form POST carries no SameSite=Lax cookie, and is refused by its Origin anyway.
+      const form = await hostilePage(context, evil, `<form id="f" method="post" action="${s.app}/.portcullis/sign_out"></form>`);
+      await Promise.all([form.waitForNavigation({ waitUntil: 'domcontentloaded' }), form.evaluate(() => document.getElementById('f').submit())]);
+      assert.equal((await whoami(context, s.app)).email, 'alice@example.com', 'a cross-site POST signed the user out');
+      // The button on the confirmation page is the user's own, same-origin POST; the browser
+      // then goes on to end the session at the IdP.
+      const ends = page.waitForRequest((r) => new URL(r.url()).searchParams.has('post_logout_redirect_uri'));
+      await page.click('form[action="/.portcullis/sign_out"] button');
+      assert.ok(new URL((await ends).url()).searchParams.get('id_token_hint'), 'no id_token_hint');
+      assert.equal((await whoami(context, s.app)).signed_in, false);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('a session cookie planted from a sibling host neither signs the browser in nor replaces its session', async () => {
+    const s = await setup();
+    try {
+      // Bob signs in on app.test in his own browser (and is refused there, but holds a session
+      // cookie for app.test): the cookie a sibling host's page would plant.
+      const bobs = await browser.newContext({ ignoreHTTPSErrors: true });
+      await signIn(bobs, `${s.app}/`, 'bob');
+      const bob = (await bobs.cookies(s.app)).find((c) => c.name === '__Host-_portcullis');
+      assert.ok(bob, 'bob has a session cookie');
+      await bobs.close();
+      const plant = `<script>
+        for (const name of ['_portcullis', '__Host-_portcullis', '__Secure-_portcullis']) {
+          document.cookie = name + '=${bob.value}; Domain=app.test; Path=/; Secure; SameSite=Lax';
+        }
+      </script>`;
+      const sibling = `https://evil.app.test:${s.port}/`;
+      // A browser that is not signed in is not signed in as bob.
+      const victim = await browser.newContext({ ignoreHTTPSErrors: true });
+      await hostilePage(victim, sibling, plant);
+      const planted = (await victim.cookies(s.app)).map((c) => c.name).sort();
+      assert.ok(planted.includes('_portcullis'), `the bare name was planted: ${planted}`);
+      assert.ok(!planted.includes('__Host-_portcullis'), 'the browser took a __Host- cookie with a Domain');
+      assert.equal((await whoami(victim, s.app)).signed_in, false);
+      // A signed-in browser stays who it is.
+      await signIn(victim, `${s.app}/`, 'alice');
+      await hostilePage(victim, sibling, plant);
+      assert.equal((await whoami(victim, s.app)).email, 'alice@example.com');
+      await victim.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('an open WebSocket lives while its session is refreshed and ends once the IdP disables the user', async () => {
+    const s = await setup({ idTokenTtl: 2 });
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await signIn(context, `${s.app}/`, 'alice');
+      const before = await cookieHeader(context, s.app);
+      await page.evaluate(() => new Promise((resolve, reject) => {
+        const w = new WebSocket(`wss://${location.host}/ws`);
+        window.ws = w;
+        window.wsClosed = null;
+        w.onopen = () => resolve();
+        w.onerror = () => reject(new Error('refused'));
+        w.onclose = (e) => { window.wsClosed = { code: e.code, reason: e.reason }; };
+      }));
+      // Two ID token lifetimes: the socket's session was refreshed, and it still carries data.
+      await sleep(4500);
+      assert.ok(s.idp.grants.refresh >= 1, 'no refresh happened');
+      const echoed = await page.evaluate(() => new Promise((resolve) => {
+        window.ws.onmessage = (m) => resolve(m.data);
+        window.ws.send('still here');
+      }));
+      assert.equal(echoed, 'still here');
+      // The browser's cookie from before the socket's refresh gets that same refresh: no
+      // second use of the refresh token.
+      const grants = s.idp.grants.refresh;
+      const r = await request(s.port, 'app.test', '/after', { headers: { cookie: before, accept: 'application/json' } });
+      assert.equal(r.status, 200, r.body);
+      assert.equal(s.idp.grants.refresh, grants, 'the refresh was not shared');
+      // Disabled at the IdP: the next refresh fails and the socket is closed, saying why.
+      DISABLED.add('alice');
+      const end = Date.now() + 10000;
+      let closed = null;
+      while (!closed && Date.now() < end) {
+        await sleep(200);
+        closed = await page.evaluate(() => window.wsClosed);
+      }
+      assert.deepEqual(closed, { code: 1008, reason: 'session expired: sign in again' });
+      await context.close();
+    } finally {
+      DISABLED.delete('alice');
+      await s.proxy.stop();
+      await s.idp.close();
     }
   });
 });
