@@ -154,6 +154,11 @@ pub fn parse_head(buf: &mut BytesMut, names: &mut Names) -> Result<Option<Respon
         if len > MAX_HEAD {
             return Err(H1Error("response head too large"));
         }
+        // httparse takes a bare LF as a line end; RFC 9112 §2.2 lets a recipient do so, but a
+        // proxy frames for others and another reader of the same bytes may not (§11.1).
+        if memchr::memchr_iter(b'\n', &buf[..len]).any(|i| i == 0 || buf[i - 1] != b'\r') {
+            return Err(H1Error("bare LF in the response head"));
+        }
         let at = |p: *const u8| (p as usize - base) as u32;
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
             let (ns, vs) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
@@ -310,6 +315,8 @@ pub enum Chunk {
 enum State {
     #[default]
     Size,
+    /// Whitespace after the size (RFC 9112 §7.1.1's BWS): only a `;` or the line end may follow.
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -320,8 +327,9 @@ enum State {
     End,
 }
 
-/// A chunked body decoder (RFC 9112 §7.1): sizes of at most 16 hex digits, extensions skipped
-/// (bounded), CRLF required everywhere, trailer fields skipped (bounded).
+/// A chunked body decoder (RFC 9112 §7.1): sizes of at most 16 hex digits, followed only by
+/// whitespace then `;` extensions (skipped, bounded) or the line end (`5 x` is refused, not read
+/// as 5), CRLF required everywhere, trailer fields skipped (bounded).
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
@@ -361,10 +369,13 @@ impl Chunked {
             buf.advance(1);
             self.state = match (self.state, b) {
                 (State::Size, b'\r') if self.digits > 0 => State::SizeLf,
-                (State::Size, b';' | b' ' | b'\t') if self.digits > 0 => {
+                (State::Size | State::SizeWs, b';') if self.digits > 0 => {
                     self.skipped = 0;
                     State::Ext
                 }
+                (State::Size | State::SizeWs, b' ' | b'\t') if self.digits > 0 => State::SizeWs,
+                (State::SizeWs, b'\r') => State::SizeLf,
+                (State::SizeWs, _) => return Err(H1Error("malformed chunk size")),
                 (State::Size, _) => {
                     let d = (b as char)
                         .to_digit(16)
@@ -613,6 +624,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nA\0: 1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nA: 1\r2\r\n\r\n",
             "junk\r\n\r\n",
+            // A bare LF as line end, anywhere in the head.
+            "HTTP/1.1 200 OK\nA: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\n\n",
+            "HTTP/1.1 200 OK\n\n",
         ] {
             assert!(head(bad).is_err(), "{bad:?}");
         }
@@ -695,7 +711,8 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_in_any_pieces() {
-        let body = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
+        let body =
+            b"5 \r\nhello\r\n1 ; ext=1\r\n \r\nA\t;x\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n";
         for step in 1..body.len() + 1 {
             assert_eq!(
                 dechunk(body, step),
@@ -719,6 +736,11 @@ mod tests {
             b"0\r\nA: 1\n\r\n",
             b"10000000000000000\r\n",
             b"5;\n",
+            // Junk after the size: not read as 5.
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5\tx\r\nhello\r\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \n",
         ] {
             assert!(
                 dechunk(bad, 100).is_err(),

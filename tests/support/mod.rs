@@ -77,19 +77,26 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Reads a response whole.
+    /// Reads a response whole; a body that ends in an error (cut off, malformed) fails the
+    /// test, so that "does not contain" never passes on a truncated body.
     pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
+        let status = resp.status();
+        Reply::try_read(resp)
             .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Reply {
+            .unwrap_or_else(|e| panic!("the {status} response's body ended in an error: {e}"))
+    }
+
+    /// Reads a response whole, or says why its body could not be read to its end.
+    pub async fn try_read(
+        resp: http::Response<hyper::body::Incoming>,
+    ) -> Result<Reply, hyper::Error> {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     }
 
     pub fn seen(&self) -> Seen {
