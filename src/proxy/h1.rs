@@ -344,6 +344,11 @@ impl Chunked {
         self.state == State::End
     }
 
+    /// At the end: did the body have trailer fields (which are skipped unread)?
+    pub fn had_trailers(&self) -> bool {
+        self.state == State::End && self.skipped > 0
+    }
+
     /// Decodes from the front of `buf`; data comes out without a copy.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, H1Error> {
         loop {
