@@ -21,8 +21,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Validate the config as the server would at start; print `file:line:col: message` errors.
-    Check,
+    /// Validate the config as the server would at start; print `file:line:col: message` errors,
+    /// or `ok` and then the warnings the server would log at start.
+    Check {
+        /// Print errors only (no `ok` line, no warnings).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Decide one request offline: prints `allow` or `deny` first, then the deciding rule.
     Explain(ExplainArgs),
     /// Print a fresh random 32-byte key, base64 (for `cookie_secret`).
@@ -74,20 +79,23 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => {
+        Some(Command::Check { quiet }) => {
             let Some(path) = config_path(&cli.config) else {
                 return ExitCode::from(1);
             };
             match Runtime::load(&path, &ProcessEnv) {
                 Ok(rt) => {
-                    for w in &rt.warnings {
-                        eprintln!("warning: {w}");
+                    if !quiet {
+                        println!(
+                            "{}: ok ({} routes)",
+                            path.display(),
+                            rt.routes.iter().count()
+                        );
+                        // What the server would log at start: seen before a reload, not after.
+                        for w in &rt.warnings {
+                            println!("warning: {w}");
+                        }
                     }
-                    println!(
-                        "{}: ok ({} routes)",
-                        path.display(),
-                        rt.routes.iter().count()
-                    );
                     ExitCode::SUCCESS
                 }
                 Err(errs) => {

@@ -47,18 +47,18 @@ impl Runtime {
         let certs = if settings.insecure_server {
             None
         } else {
-            let (resolver, w) = crate::tls::resolver(&settings, &routes.hosts()).map_err(|e| {
-                let pos = settings
-                    .certificates
-                    .first()
-                    .map(|c| c.pos)
-                    .unwrap_or_default();
-                ConfigErrors(vec![ConfigError::new(
-                    source,
-                    pos,
-                    format!("certificates: {e}"),
-                )])
-            })?;
+            let (resolver, w) =
+                crate::tls::resolver(&settings, &routes.hosts()).map_err(|(entry, e)| {
+                    let pos = entry
+                        .and_then(|i| settings.certificates.get(i))
+                        .map(|c| c.pos)
+                        .unwrap_or_default();
+                    ConfigErrors(vec![ConfigError::new(
+                        source,
+                        pos,
+                        format!("certificates: {e}"),
+                    )])
+                })?;
             warnings.extend(w);
             Some(Arc::new(resolver))
         };

@@ -73,6 +73,43 @@ fn check_accepts_a_good_config_and_prints_positioned_errors_for_a_bad_one() {
     );
 }
 
+#[test]
+fn check_prints_the_servers_start_warnings_after_ok_and_quiet_leaves_only_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // No signing key (generated), an upstream whose certificate is not checked, and an
+    // ACME host that gets no order (an IP address): what the server would warn about.
+    let cfg = write(
+        dir.path(),
+        "autocert: true\nautocert_ca: https://127.0.0.1:14000/dir\nroutes:\n  - from: https://127.0.0.5\n    to: https://127.0.0.1:1\n    tls_skip_verify: true\n    allow_public_unauthenticated_access: true\n",
+    );
+    let run = |args: &[&str]| {
+        let out = bin().args(args).arg("--config").arg(&cfg).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["check"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].ends_with(": ok (1 routes)"), "{out}");
+    for says in ["no signing_key", "tls_skip_verify", "127.0.0.5"] {
+        assert!(
+            lines[1..]
+                .iter()
+                .any(|l| l.starts_with("warning: ") && l.contains(says)),
+            "no warning about {says}: {out}"
+        );
+    }
+    let (code, out) = run(&["check", "--quiet"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    // Errors are printed with --quiet too.
+    std::fs::write(&cfg, "routes: []\nbogus: 1\n").unwrap();
+    let (code, out) = run(&["check", "--quiet"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("unknown field `bogus`"), "{out}");
+}
+
 fn explain(cfg: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let out = bin()
         .args(["explain", "--config"])
@@ -200,6 +237,122 @@ fn explain_prints_the_decision_first_and_exits_0_2_or_1() {
     );
     assert_eq!(code, Some(2));
     assert!(out.contains("404"), "{out}");
+}
+
+/// Runs `openssl` (the README's recipes); panics if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian's openssl package) runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn signing_keys_made_by_the_readmes_commands_are_taken_and_other_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The README's recipe (SEC1), and the same key as PKCS#8.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "sec1.pem",
+            "-out",
+            "pkcs8.pem",
+        ],
+    );
+    // What a newcomer might have instead.
+    openssl(d, &["genrsa", "-out", "rsa.pem", "2048"]);
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "secp384r1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "p384.pem",
+        ],
+    );
+    openssl(
+        d,
+        &["genpkey", "-algorithm", "ed25519", "-out", "ed25519.pem"],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "sec1.pem",
+            "-passout",
+            "pass:x",
+            "-out",
+            "encrypted.pem",
+        ],
+    );
+    openssl(
+        d,
+        &["ec", "-in", "sec1.pem", "-pubout", "-out", "public.pem"],
+    );
+    let check = |key: &str| {
+        let cfg = write(
+            d,
+            &format!("insecure_server: true\nsigning_key_file: {key}\nroutes:\n  - from: http://a.test\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n"),
+        );
+        let out = bin()
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for good in ["sec1.pem", "pkcs8.pem"] {
+        let (code, out) = check(good);
+        assert_eq!(code, Some(0), "{good}: {out}");
+    }
+    for (bad, says) in [
+        ("rsa.pem", "an RSA key"),
+        ("p384.pem", "an EC P-384 key"),
+        ("ed25519.pem", "an Ed25519 key"),
+        ("encrypted.pem", "encrypted"),
+        ("public.pem", "a public key"),
+    ] {
+        let (code, out) = check(bad);
+        assert_eq!(code, Some(1), "{bad}: {out}");
+        let cfg = d.join("config.yaml");
+        let want = format!("{}:2:19: signing_key_file `{bad}`: ", cfg.display());
+        assert!(
+            out.contains(&want) && out.contains(says),
+            "{bad}: wanted `{want}…{says}`, got {out}"
+        );
+    }
 }
 
 #[test]

@@ -371,3 +371,113 @@ fn connection_caps_and_hsts_are_checked() {
     assert_eq!(c.settings.hsts_max_age.map(|d| d.as_secs()), Some(3600));
     assert_eq!(c.settings.max_connections, 10);
 }
+
+fn env(pairs: &[(&str, &str)]) -> MapEnv {
+    MapEnv(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Every error about a value names where the value came from: the key's `file:line:col`, the
+/// `*_file` key and the file it read, or the environment variable.
+#[test]
+fn errors_about_secrets_keys_and_files_name_where_the_value_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("short.txt"), "c2hvcnQ=\n").unwrap();
+    std::fs::write(d.join("notpem.txt"), "not a certificate\n").unwrap();
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    std::fs::write(d.join("p384.pem"), p384.serialize_pem()).unwrap();
+    let load = |yaml: &str, env: MapEnv| -> Vec<String> {
+        match config::load_str(yaml, "config.yaml", d, &env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    };
+    let has = |errs: &[String], want: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "wanted `{want}…`, got {errs:#?}"
+        );
+    };
+    let route = "routes:\n  - from: https://a.test\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n";
+    has(
+        &load(
+            &format!("cookie_secret: c2hvcnQ=\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:1:16: cookie_secret: must be 32 random bytes",
+    );
+    has(
+        &load(
+            &format!("cookie_secret_file: short.txt\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:1:21: cookie_secret_file `short.txt`: must be 32 random bytes",
+    );
+    has(
+        &load(route, env(&[("PORTCULLIS_COOKIE_SECRET", "c2hvcnQ=")])),
+        "env PORTCULLIS_COOKIE_SECRET: cookie_secret: must be 32 random bytes",
+    );
+    has(
+        &load(
+            &format!("signing_key: |\n  not a key\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:2:3: signing_key: no PEM private key",
+    );
+    has(
+        &load(
+            &format!("signing_key_file: p384.pem\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:1:19: signing_key_file `p384.pem`: this is an EC P-384 key",
+    );
+    has(
+        &load(route, env(&[("PORTCULLIS_SIGNING_KEY_FILE", "p384.pem")])),
+        "env PORTCULLIS_SIGNING_KEY_FILE: signing_key_file `p384.pem`: this is an EC P-384 key",
+    );
+    has(
+        &load(
+            &format!("autocert: true\nautocert_trusted_ca: notpem.txt\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:2:22: autocert_trusted_ca `notpem.txt`: ",
+    );
+    has(
+        &load(
+            &format!("idp_provider_url: https://idp.test\nidp_client_id: x\n{route}"),
+            MapEnv::default(),
+        ),
+        "config.yaml:1:19: sign-in needs cookie_secret",
+    );
+}
+
+/// A certificate that cannot be loaded is named by its own `certificates` entry.
+#[test]
+fn a_certificate_error_points_at_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+    std::fs::write(d.join("a.crt"), good.cert.pem()).unwrap();
+    std::fs::write(d.join("a.key"), good.signing_key.serialize_pem()).unwrap();
+    std::fs::write(d.join("b.crt"), "not a certificate").unwrap();
+    let cfg = d.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "certificates:\n  - cert: a.crt\n    key: a.key\n  - cert: b.crt\n    key: a.key\nroutes:\n  - from: https://a.test\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n",
+    )
+    .unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let err = portcullis::runtime::Runtime::load(&cfg, &MapEnv::default())
+        .err()
+        .expect("a bad certificate is refused")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}:4:5: certificates: ", cfg.display())),
+        "{err}"
+    );
+}

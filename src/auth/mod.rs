@@ -31,7 +31,7 @@ pub struct Auth {
     pub jar: CookieJar,
     pub oidc: Option<Arc<Oidc>>,
     pub signer: Arc<Signer>,
-    signing_key_pem: Option<String>,
+    signing_key: Option<assertion::SigningKey>,
 }
 
 impl Auth {
@@ -52,13 +52,10 @@ impl Auth {
             (Some(idp), _) => Some(Arc::new(Oidc::new(idp.clone(), settings.cookie.expire)?)),
             (None, _) => None,
         };
-        if oidc.is_some() && key.is_none() {
-            return Err("sign-in needs cookie_secret (32 random bytes, base64): make one with `portcullis secret`".into());
-        }
         let signer = match prev {
-            Some(p) if p.signing_key_pem == settings.signing_key_pem => p.signer.clone(),
+            Some(p) if p.signing_key == settings.signing_key => p.signer.clone(),
             _ => {
-                let (s, generated) = Signer::new(settings.signing_key_pem.as_deref())?;
+                let (s, generated) = Signer::new(settings.signing_key.as_ref())?;
                 if generated {
                     warnings.push("no signing_key: the assertion JWT is signed with a key made at start; upstreams verifying it must fetch /.well-known/portcullis/jwks.json again after a restart".into());
                 }
@@ -77,7 +74,7 @@ impl Auth {
                 ),
                 oidc,
                 signer,
-                signing_key_pem: settings.signing_key_pem.clone(),
+                signing_key: settings.signing_key.clone(),
             },
             warnings,
         ))
@@ -268,7 +265,7 @@ mod tests {
             jar: CookieJar::new("_p", None, Duration::from_secs(60)),
             oidc: None,
             signer: Arc::new(Signer::new(None).unwrap().0),
-            signing_key_pem: None,
+            signing_key: None,
         }
     }
 

@@ -76,7 +76,8 @@ pub struct Settings {
     pub autocert: Option<AutocertSettings>,
     pub idp: Option<IdpSettings>,
     pub cookie: CookieSettings,
-    pub signing_key_pem: Option<String>,
+    /// `signing_key`, checked: an EC P-256 key.
+    pub signing_key: Option<crate::auth::assertion::SigningKey>,
     pub metrics_address: Option<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -231,13 +232,37 @@ fn dur(cx: &mut Ctx<'_>, key: &str, v: Option<&Spanned<String>>, default: Durati
     }
 }
 
+/// A secret's text and where it came from, so that an error about its value names that place.
+struct Secret {
+    value: String,
+    /// The key (`cookie_secret`…), as written inline.
+    key: &'static str,
+    /// The position of the key that gave it, and the file it was read from for a `*_file` key.
+    pos: Pos,
+    file: Option<String>,
+}
+
+impl Secret {
+    /// An error about the value: at the inline key (`file:line:col: key: …`), or at the
+    /// `*_file` key naming the file read; `env PORTCULLIS_…` when the environment set either.
+    fn error(&self, cx: &mut Ctx<'_>, msg: &str) {
+        match &self.file {
+            None => cx.top(self.key, self.pos, format!("{}: {msg}", self.key)),
+            Some(path) => {
+                let key_file = format!("{}_file", self.key);
+                cx.top(&key_file, self.pos, format!("{key_file} `{path}`: {msg}"));
+            }
+        }
+    }
+}
+
 /// A secret given inline or through its `*_file` twin (not both).
-fn secret(
+fn secret_from(
     cx: &mut Ctx<'_>,
-    key: &str,
+    key: &'static str,
     inline: Option<&Spanned<String>>,
     file: Option<&Spanned<String>>,
-) -> Option<(String, Pos)> {
+) -> Option<Secret> {
     match (inline, file) {
         (Some(a), Some(_)) => {
             cx.top(
@@ -247,11 +272,20 @@ fn secret(
             );
             None
         }
-        (Some(a), None) => Some((a.value.trim().to_string(), pos(a))),
+        (Some(a), None) => Some(Secret {
+            value: a.value.trim().to_string(),
+            key,
+            pos: pos(a),
+            file: None,
+        }),
         (None, Some(f)) => {
             let key_file = format!("{key}_file");
-            cx.read(&key_file, pos(f), &f.value)
-                .map(|s| (s.trim().to_string(), pos(f)))
+            cx.read(&key_file, pos(f), &f.value).map(|s| Secret {
+                value: s.trim().to_string(),
+                key,
+                pos: pos(f),
+                file: Some(f.value.clone()),
+            })
         }
         (None, None) => None,
     }
@@ -294,29 +328,37 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
 
     let idp = idp_settings(raw, cx);
 
-    let cookie_secret = secret(
+    let cookie_secret = secret_from(
         cx,
         "cookie_secret",
         raw.cookie_secret.as_ref(),
         raw.cookie_secret_file.as_ref(),
     )
-    .and_then(|(s, p)| {
+    .and_then(|s| {
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD
-            .decode(s.as_bytes())
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(s.as_bytes()));
+            .decode(s.value.as_bytes())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(s.value.as_bytes()));
         match decoded.ok().and_then(|d| <[u8; 32]>::try_from(d).ok()) {
             Some(k) => Some(k),
             None => {
-                cx.top(
-                    "cookie_secret",
-                    p,
-                    "cookie_secret must be 32 random bytes, base64-encoded; make one with `portcullis secret`",
+                s.error(
+                    cx,
+                    "must be 32 random bytes, base64-encoded; make one with `portcullis secret`",
                 );
                 None
             }
         }
     });
+    if let (Some(_), None, Some(url)) = (&idp, &cookie_secret, &raw.idp_provider_url) {
+        if raw.cookie_secret.is_none() && raw.cookie_secret_file.is_none() {
+            cx.top(
+                "idp_provider_url",
+                pos(url),
+                "sign-in needs cookie_secret (32 random bytes, base64): make one with `portcullis secret`",
+            );
+        }
+    }
     let cookie = CookieSettings {
         secret: cookie_secret,
         name: raw
@@ -349,13 +391,21 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         }
     }
 
-    let signing_key_pem = secret(
+    let signing_key = secret_from(
         cx,
         "signing_key",
         raw.signing_key.as_ref(),
         raw.signing_key_file.as_ref(),
     )
-    .map(|(s, _)| s);
+    .and_then(
+        |s| match crate::auth::assertion::SigningKey::from_pem(&s.value) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                s.error(cx, &e);
+                None
+            }
+        },
+    );
 
     let log_format = match raw.log_format.as_ref().map(|s| s.value.as_str()) {
         None | Some("pretty") => LogFormat::Pretty,
@@ -392,7 +442,7 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         autocert,
         idp,
         cookie,
-        signing_key_pem,
+        signing_key,
         metrics_address,
         log_level,
         log_format,
@@ -524,7 +574,18 @@ fn autocert_settings(
         contacts.push(format!("mailto:{v}"));
     }
     let trusted_ca_pem = match &raw.autocert_trusted_ca {
-        Some(p) => Some(cx.read("autocert_trusted_ca", pos(p), &p.value)?),
+        Some(p) => {
+            let pem = cx.read("autocert_trusted_ca", pos(p), &p.value)?;
+            if let Err(e) = crate::tls::files::root_store(pem.as_bytes()) {
+                cx.top(
+                    "autocert_trusted_ca",
+                    pos(p),
+                    format!("autocert_trusted_ca `{}`: {e}", p.value),
+                );
+                return None;
+            }
+            Some(pem)
+        }
         None => None,
     };
     let dir = match &raw.autocert_dir {
@@ -565,13 +626,13 @@ fn idp_settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<IdpSettings> {
         );
         return None;
     };
-    let client_secret = secret(
+    let client_secret = secret_from(
         cx,
         "idp_client_secret",
         raw.idp_client_secret.as_ref(),
         raw.idp_client_secret_file.as_ref(),
     )
-    .map(|(s, _)| s)
+    .map(|s| s.value)
     .unwrap_or_default();
     Some(IdpSettings {
         provider_url,

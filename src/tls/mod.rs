@@ -73,15 +73,16 @@ fn valid_for(cert: &CertificateDer<'_>, host: &str) -> bool {
 }
 
 /// The certificates to serve for these settings and route hosts; the strings are warnings.
+/// An error names the `certificates` entry it is about, when it is about one.
 pub fn resolver(
     settings: &Settings,
     hosts: &[String],
-) -> Result<(CertResolver, Vec<String>), String> {
+) -> Result<(CertResolver, Vec<String>), (Option<usize>, String)> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut warnings = Vec::new();
     let mut keys = Vec::new();
-    for c in &settings.certificates {
-        keys.push(files::load_pair(&c.cert, &c.key, &provider)?);
+    for (i, c) in settings.certificates.iter().enumerate() {
+        keys.push(files::load_pair(&c.cert, &c.key, &provider).map_err(|e| (Some(i), e))?);
     }
     let autocert = settings.autocert.is_some();
     let mut by_name = HashMap::new();
@@ -108,13 +109,13 @@ pub fn resolver(
     let default = match keys.first() {
         Some(k) => k.clone(),
         // With autocert: served to names without a certificate yet (or ever: IPs, no SNI).
-        None if autocert => files::self_signed(hosts, &provider)?,
+        None if autocert => files::self_signed(hosts, &provider).map_err(|e| (None, e))?,
         None => {
             warnings.push(format!(
                 "no `certificates` and no `autocert`: serving a self-signed certificate for {}; browsers will warn. Fine for a local try-out, not for real use",
                 hosts.join(", ")
             ));
-            let k = files::self_signed(hosts, &provider)?;
+            let k = files::self_signed(hosts, &provider).map_err(|e| (None, e))?;
             for h in hosts {
                 by_name.insert(h.clone(), k.clone());
             }
