@@ -3,11 +3,10 @@
 //! paths and smuggling in proxy.rs, cookies and credentials in sessions.rs, ID tokens and
 //! redirects in tests/e2e, identities in policy.rs; SECURITY.md lists them all.)
 
-mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

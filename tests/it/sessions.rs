@@ -1,13 +1,12 @@
 //! Signed-in requests without an IdP round trip: sessions are minted with the config's
 //! cookie key, as a sign-in would make them.
 
-mod support;
 
 use futures::StreamExt;
 use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
 use portcullis::policy::Identity;
 use std::time::Duration;
-use support::*;
+use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";

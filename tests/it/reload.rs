@@ -2,12 +2,11 @@
 //! (valid and invalid edits mixed, each way of replacing a file), and the routes served are
 //! always those of the last valid file.
 
-mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_rewrites_under_load_fail_no_request_and_serve_the_last_valid_routes() {

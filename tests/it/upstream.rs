@@ -2,7 +2,6 @@
 //! that answers with exact bytes: framing, interim responses, connection reuse, and the
 //! responses that must never poison a pooled connection.
 
-mod support;
 
 use bytes::Bytes;
 use http::Request;
@@ -10,7 +9,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
