@@ -3,7 +3,8 @@
 //! `cargo run --example echo -- 127.0.0.1:9000 [name]`: every HTTP request is answered with a
 //! JSON description of what arrived (method, target, headers, body length); a WebSocket
 //! upgrade is accepted and every message echoed. `/slow/N` waits N ms; `/stream` sends one
-//! chunk, waits 1.5 s, sends another; `/tiny` answers a fixed 100-byte body (benchmarks).
+//! chunk, waits 1.5 s, sends another; `/tiny` answers a fixed 100-byte body (benchmarks);
+//! `/set-cookie?v=A&v=B` adds each `v` as a `Set-Cookie` header.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -208,6 +209,14 @@ async fn echo(
         );
         return Ok(r);
     }
+    let set_cookies: Vec<String> = if path == "/set-cookie" {
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k == "v")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let method = req.method().to_string();
     let target = req.uri().to_string();
     let headers: Vec<(String, String)> = req
@@ -246,6 +255,11 @@ async fn echo(
     );
     h.insert("x-upstream-hop", http::HeaderValue::from_static("1"));
     h.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    for c in set_cookies {
+        if let Ok(v) = http::HeaderValue::from_str(&c) {
+            h.append("set-cookie", v);
+        }
+    }
     Ok(r)
 }
 

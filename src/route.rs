@@ -131,7 +131,7 @@ pub struct Route {
     pub pass_identity_headers: bool,
     /// Header name → claim name, added for signed-in users.
     pub jwt_claims_headers: Vec<(http::HeaderName, String)>,
-    /// Every header name Portcullis may set on this route (`jwt_claims_headers`,
+    /// Every header name Portcullis sets on any route of the config (`jwt_claims_headers`,
     /// `set_request_headers`), folded (`headers::folded_name`):
     /// client copies under any spelling that folds the same are stripped.
     pub owned_headers: Vec<http::HeaderName>,

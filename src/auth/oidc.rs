@@ -341,15 +341,14 @@ impl Oidc {
         let mut claims =
             jwt_payload(&raw).ok_or_else(|| OidcError::Rejected("unreadable ID token".into()))?;
         let groups_claim = self.settings.groups_claim.as_str();
-        if !claims.contains_key("email") || !claims.contains_key(groups_claim) {
+        let unsure_email = claims.contains_key("email") && !claims.contains_key("email_verified");
+        if !claims.contains_key("email") || !claims.contains_key(groups_claim) || unsure_email {
             if let Some(ui) = &p.userinfo {
                 match self.userinfo(ui, access_token).await {
                     Ok(extra) => {
                         // The userinfo `sub` must be the ID token's (OIDC Core 5.3.2).
                         if extra.get("sub") == claims.get("sub") {
-                            for (k, v) in extra {
-                                claims.entry(k).or_insert(v);
-                            }
+                            merge_userinfo(&mut claims, extra);
                         } else {
                             tracing::warn!("userinfo answered for another subject; ignored");
                         }
@@ -421,6 +420,34 @@ impl Oidc {
             q.append_pair("post_logout_redirect_uri", post_logout);
         }
         Some(u)
+    }
+}
+
+/// Adds what userinfo says to the ID token's claims, which win. `email_verified` is about one
+/// address, so it comes from where the `email` came from: the token's own (or userinfo's, when
+/// userinfo names the same address and the token did not say), or userinfo's with userinfo's
+/// email — never the token's `true` for an address the token did not carry.
+fn merge_userinfo(
+    claims: &mut serde_json::Map<String, serde_json::Value>,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+) {
+    let verified = extra.remove("email_verified");
+    if claims.contains_key("email") {
+        if !claims.contains_key("email_verified") && extra.get("email") == claims.get("email") {
+            if let Some(v) = verified {
+                claims.insert("email_verified".into(), v);
+            }
+        }
+    } else {
+        claims.remove("email_verified");
+        if extra.contains_key("email") {
+            if let Some(v) = verified {
+                claims.insert("email_verified".into(), v);
+            }
+        }
+    }
+    for (k, v) in extra {
+        claims.entry(k).or_insert(v);
     }
 }
 
@@ -520,4 +547,76 @@ pub fn identity_from(
         claims: out,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_userinfo;
+    use serde_json::{json, Map, Value};
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// `email_verified` after merging, and the email it is about.
+    fn merged(token: Value, userinfo: Value) -> (Option<Value>, Option<Value>) {
+        let mut claims = map(token);
+        merge_userinfo(&mut claims, map(userinfo));
+        (
+            claims.get("email").cloned(),
+            claims.get("email_verified").cloned(),
+        )
+    }
+
+    #[test]
+    fn email_verified_comes_from_where_the_email_came_from() {
+        let a = json!("a@example.com");
+        // The token carries the email without saying: userinfo's word on the same address.
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email": a}),
+                json!({"sub": "u", "email": a, "email_verified": false})
+            ),
+            (Some(a.clone()), Some(json!(false)))
+        );
+        // ... but not on another address.
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email": a}),
+                json!({"sub": "u", "email": "b@x.test", "email_verified": true})
+            ),
+            (Some(a.clone()), None)
+        );
+        // The token's own word on its own email wins.
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email": a, "email_verified": false}),
+                json!({"email": a, "email_verified": true})
+            ),
+            (Some(a.clone()), Some(json!(false)))
+        );
+        // The token says "verified" but names no email: the email from userinfo carries
+        // userinfo's verification, or none, never the token's.
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email_verified": true}),
+                json!({"sub": "u", "email": a, "email_verified": false})
+            ),
+            (Some(a.clone()), Some(json!(false)))
+        );
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email_verified": true}),
+                json!({"sub": "u", "email": a})
+            ),
+            (Some(a), None)
+        );
+        // Other claims fill only what the token lacks.
+        let mut claims = map(json!({"sub": "u", "groups": ["a"]}));
+        merge_userinfo(&mut claims, map(json!({"groups": ["b"], "name": "N"})));
+        assert_eq!(
+            (claims["groups"].clone(), claims["name"].clone()),
+            (json!(["a"]), json!("N"))
+        );
+    }
 }

@@ -144,8 +144,11 @@ impl CookieKey {
 /// Every name carries a cookie prefix that browsers enforce, so no other host can plant or
 /// shadow one: without `cookie_domain` the session (and its chunks) is `__Host-NAME` (only
 /// this exact host can set it: Secure, `Path=/`, no Domain); with `cookie_domain` it is
-/// `__Secure-NAME`. The login and sign-out cookies, whose paths are narrower than `/`, are
-/// `__Secure-NAME_csrf_STATE` and `__Secure-NAME_signout`.
+/// `__Secure-NAME`. A login cookie is always `__Host-NAME_csrf_STATE` (`Path=/`, this host
+/// only: a login cookie planted from a sibling host would complete a sign-in the attacker
+/// began, signing the victim in as the attacker). The sign-out cookie, whose path is the
+/// sign-out endpoint, is `__Secure-NAME_signout` (it names its session: a planted one is not
+/// used).
 #[derive(Clone, Debug)]
 pub struct CookieJar {
     /// `cookie_name`, without a prefix.
@@ -154,7 +157,9 @@ pub struct CookieJar {
     pub max_age: Duration,
     /// The session cookie's name (its chunks add `_1`, `_2`…).
     session: String,
-    /// `__Secure-` and `cookie_name`: the login and sign-out cookies' names start so.
+    /// `__Host-` and `cookie_name`: the login cookies' names start so.
+    host_only: String,
+    /// `__Secure-` and `cookie_name`: the sign-out cookie's name.
     secure: String,
 }
 
@@ -167,6 +172,7 @@ impl CookieJar {
         };
         CookieJar {
             session: format!("{prefix}{name}"),
+            host_only: format!("__Host-{name}"),
             secure: format!("__Secure-{name}"),
             name: name.to_string(),
             domain,
@@ -187,12 +193,12 @@ impl CookieJar {
     /// The login cookie of the sign-in whose `state` this is: one per sign-in in progress, so
     /// sign-ins started in several tabs at once each complete.
     pub fn login_name(&self, state: &str) -> String {
-        format!("{}_csrf_{state}", self.secure)
+        format!("{}_csrf_{state}", self.host_only)
     }
 
     /// Names of the login cookies a request carries (any state Portcullis could have made).
     pub fn login_cookies<'h>(&self, headers: &'h HeaderMap) -> Vec<&'h str> {
-        let prefix = format!("{}_csrf_", self.secure);
+        let prefix = format!("{}_csrf_", self.host_only);
         cookie_pairs(headers)
             .filter_map(|(k, _)| std::str::from_utf8(k).ok())
             .filter(|k| k.strip_prefix(&prefix).is_some_and(valid_state))
@@ -215,16 +221,17 @@ impl CookieJar {
         HeaderValue::from_str(&format!(
             "{}={value}{}",
             self.hint_name(),
-            self.attrs(super::endpoints::SIGN_OUT, max_age)
+            self.attrs(super::endpoints::SIGN_OUT, max_age, true)
         ))
         .ok()
     }
 
-    fn attrs(&self, path: &str, max_age: u64) -> String {
+    /// `; Path=…; Max-Age=…; Secure; HttpOnly; SameSite=Lax`, and `; Domain=` with
+    /// `cookie_domain` when `shared` (a `__Host-` cookie has none: browsers refuse it with one;
+    /// `domain` is `None` exactly when the session is `__Host-`).
+    fn attrs(&self, path: &str, max_age: u64, shared: bool) -> String {
         let mut a = format!("; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Lax");
-        // A `__Host-` cookie has no Domain (browsers refuse it with one); `domain` is `None`
-        // exactly when the session is `__Host-`.
-        if let Some(d) = &self.domain {
+        if let Some(d) = self.domain.as_ref().filter(|_| shared) {
             a.push_str("; Domain=");
             a.push_str(d);
         }
@@ -247,7 +254,7 @@ impl CookieJar {
                 (format!("{}_{i}", self.session), (*part).to_string())
             };
             if let Ok(v) =
-                HeaderValue::from_str(&format!("{name}={value}{}", self.attrs("/", max_age)))
+                HeaderValue::from_str(&format!("{name}={value}{}", self.attrs("/", max_age, true)))
             {
                 out.push(v);
             }
@@ -257,7 +264,7 @@ impl CookieJar {
             if i > 0 && cookie(headers, &name).is_some() {
                 out.extend(HeaderValue::from_str(&format!(
                     "{name}={}",
-                    self.attrs("/", 0)
+                    self.attrs("/", 0, true)
                 )));
             }
         }
@@ -271,13 +278,13 @@ impl CookieJar {
         out.extend(HeaderValue::from_str(&format!(
             "{}={}",
             self.session,
-            self.attrs("/", 0)
+            self.attrs("/", 0, true)
         )));
         for i in 1..MAX_CHUNKS {
             out.extend(HeaderValue::from_str(&format!(
                 "{}_{i}={}",
                 self.session,
-                self.attrs("/", 0)
+                self.attrs("/", 0, true)
             )));
         }
         out.extend(self.set_hint(None));
@@ -309,19 +316,20 @@ impl CookieJar {
         Some(Cow::Owned(all))
     }
 
-    /// Stores a sign-in's sealed state; only `/.portcullis/` paths ever see it.
+    /// Stores a sign-in's sealed state, for this host only (`__Host-`); it is never passed on to
+    /// an upstream (`proxy::headers` strips Portcullis's cookies).
     pub fn set_login(&self, state: &str, sealed: &str) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!(
             "{}={sealed}{}",
             self.login_name(state),
-            self.attrs("/.portcullis/", LOGIN_TTL)
+            self.attrs("/", LOGIN_TTL, false)
         ))
         .ok()
     }
 
     /// Expires the login cookie named `name`.
     pub fn expire_login(&self, name: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!("{name}={}", self.attrs("/.portcullis/", 0))).ok()
+        HeaderValue::from_str(&format!("{name}={}", self.attrs("/", 0, false))).ok()
     }
 }
 
@@ -514,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn each_sign_in_in_progress_has_its_own_login_cookie_seen_only_by_portcullis_paths() {
+    fn each_sign_in_in_progress_has_its_own_login_cookie() {
         let jar = jar();
         let (a, b) = ("AAAAAAAAAAAAAAAAAAAAAA", "bbbbbbbbbbbbbbbbbbbb-_");
         let set = [
@@ -523,16 +531,13 @@ mod tests {
         ];
         for v in &set {
             let v = v.to_str().unwrap();
-            assert!(
-                v.contains("; Path=/.portcullis/; Max-Age=600; Secure; HttpOnly"),
-                "{v}"
-            );
+            assert!(v.contains("; Path=/; Max-Age=600; Secure; HttpOnly"), "{v}");
         }
         let mut req = request_with(&set);
         req.append(
             COOKIE,
             HeaderValue::from_static(
-                "__Host-_p=s; __Host-_p_1=t; __Secure-_p_csrf=old; __Secure-_p_csrf_a b=x; _p_csrf_AAAAAAAAAAAAAAAAAAAAAA=x; other=x",
+                "__Host-_p=s; __Host-_p_1=t; __Host-_p_csrf=old; __Host-_p_csrf_a b=x; __Secure-_p_csrf_AAAAAAAAAAAAAAAAAAAAAA=x; _p_csrf_AAAAAAAAAAAAAAAAAAAAAA=x; other=x",
             ),
         );
         assert_eq!(cookie(&req, &jar.login_name(a)), Some("sealed-a"));
@@ -550,7 +555,7 @@ mod tests {
             assert!(
                 cleared
                     .iter()
-                    .any(|c| c.starts_with(&format!("{name}=; Path=/.portcullis/; Max-Age=0"))),
+                    .any(|c| c.starts_with(&format!("{name}=; Path=/; Max-Age=0"))),
                 "{name} not expired: {cleared:?}"
             );
         }
@@ -623,13 +628,16 @@ mod tests {
         assert!(s.starts_with("__Secure-_p=v1.1.abc; Path=/;"), "{s}");
         assert!(s.ends_with("; Domain=example.com"), "{s}");
         for j in [&host_only, &with_domain] {
-            assert_eq!(j.login_name("S"), "__Secure-_p_csrf_S");
+            assert_eq!(j.login_name("S"), "__Host-_p_csrf_S");
             assert_eq!(j.hint_name(), "__Secure-_p_signout");
+            // A login cookie is this host's alone, also with cookie_domain: one planted from a
+            // sibling host would finish a sign-in an attacker began.
             let login = j.set_login("S", "x").unwrap();
-            assert!(login
-                .to_str()
-                .unwrap()
-                .starts_with("__Secure-_p_csrf_S=x; Path=/.portcullis/;"));
+            let login = login.to_str().unwrap();
+            assert!(login.starts_with("__Host-_p_csrf_S=x; Path=/;"), "{login}");
+            assert!(!login.contains("Domain"), "{login}");
+            let gone = j.expire_login("__Host-_p_csrf_S").unwrap();
+            assert!(!gone.to_str().unwrap().contains("Domain"));
         }
         // Only the prefixed name is read: a cookie under the bare name (planted by a sibling
         // host with `Domain=`, or left by an earlier build) is no session and hides none.

@@ -181,6 +181,20 @@ pub fn compile(
             }
         }
     }
+    // A name Portcullis sets on any route is never taken from a client on any route: a public
+    // route to the same upstream would otherwise carry a forged copy of another route's
+    // identity or secret header.
+    let mut owned: Vec<HeaderName> = Vec::new();
+    for r in &routes {
+        for h in &r.owned_headers {
+            if !owned.contains(h) {
+                owned.push(h.clone());
+            }
+        }
+    }
+    for r in &mut routes {
+        r.owned_headers.clone_from(&owned);
+    }
     let Ctx {
         errs,
         warnings,

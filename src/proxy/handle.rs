@@ -301,6 +301,7 @@ async fn inner<'r>(
         UpBody::new(body)
     };
     let mut resp = forward::send(route, &permitted, parts, headers, pq, body).await?;
+    headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {

@@ -142,6 +142,7 @@ fn is_context_or_identity(f: &str) -> bool {
             | "x-envoy-original-path"
             | "front-end-https"
             | "x-url-scheme"
+            | "x-scheme"
             | "x-http-method-override"
             | "x-http-method"
             | "x-method-override"
@@ -329,7 +330,12 @@ impl Added {
 /// and the identity headers are set.
 pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> {
     let hop = HopByHop::of(&h);
-    let cookies = without_session_cookies(&h, fw.cookie_name);
+    // A route that sets or removes `Cookie` owns it whole: none of the client's passes.
+    let cookies = if is_spoofable("cookie", fw.owned, fw.remove) {
+        Some(Vec::new())
+    } else {
+        without_session_cookies(&h, fw.cookie_name)
+    };
     let mut added = Added {
         list: Vec::with_capacity(5 + fw.set.len() + fw.identity.len()),
         mask: 0,
@@ -438,6 +444,31 @@ fn strip_cookie(value: &HeaderValue, name: &str) -> Stripped {
     }
     // The client's own bytes, which were a valid value, joined by "; ": valid again.
     Stripped::To(HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
+}
+
+/// Removes the upstream's `Set-Cookie` headers that would set or clear one of Portcullis's
+/// own cookies (the session, its chunks, the login and sign-out cookies, in any spelling
+/// [`is_session_cookie`] reads): an application behind Portcullis does not decide who is
+/// signed in. Looked at only when the response sets cookies.
+pub fn strip_own_set_cookies(h: &mut HeaderMap, cookie_name: &str) {
+    let own = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        let pair = &b[..memchr::memchr(b';', b).unwrap_or(b.len())];
+        is_session_cookie(pair, cookie_name)
+    };
+    if !h.get_all(header::SET_COOKIE).iter().any(own) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !own(v))
+        .cloned()
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in kept {
+        h.append(header::SET_COOKIE, v);
+    }
 }
 
 /// Response headers from the upstream, without hop-by-hop ones (kept for a 101).

@@ -108,7 +108,7 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal(session.httpOnly, true);
       assert.equal(session.sameSite, 'Lax');
       assert.equal(session.domain, 'app.test', 'host-only cookie');
-      assert.deepEqual((await context.cookies()).filter((c) => c.name.startsWith('__Secure-_portcullis_csrf')), [], 'login cookie cleared');
+      assert.deepEqual((await context.cookies()).filter((c) => c.name.startsWith('__Host-_portcullis_csrf')), [], 'login cookie cleared');
       // Identity a client claims for itself never reaches the upstream, signed in or not.
       const cookie = await cookieHeader(context, s.app);
       const spoof = {
@@ -262,7 +262,7 @@ describe('sign-in with OpenID Connect', () => {
     const s = await setup();
     try {
       const context = await browser.newContext({ ignoreHTTPSErrors: true });
-      const logins = async () => (await context.cookies()).filter((c) => c.name.startsWith('__Secure-_portcullis_csrf'));
+      const logins = async () => (await context.cookies()).filter((c) => c.name.startsWith('__Host-_portcullis_csrf'));
       const first = await context.newPage();
       const second = await context.newPage();
       for (const [page, path] of [[first, '/first'], [second, '/second']]) {
@@ -441,7 +441,7 @@ describe('sign-in with OpenID Connect', () => {
     }
   });
 
-  test('a session cookie planted from a sibling host neither signs the browser in nor replaces its session', async () => {
+  test('a session or login cookie planted from a sibling host never signs the browser in as someone else', async () => {
     const s = await setup();
     try {
       // Bob signs in on app.test in his own browser (and is refused there, but holds a session
@@ -469,6 +469,35 @@ describe('sign-in with OpenID Connect', () => {
       await hostilePage(victim, sibling, plant);
       assert.equal((await whoami(victim, s.app)).email, 'alice@example.com');
       await victim.close();
+
+      // Login CSRF by a planted login cookie: the attacker begins a sign-in, keeps its login
+      // cookie, signs in at the IdP as himself, and keeps the callback unredeemed (his own
+      // browser comes back without the login cookie, so Portcullis redeems nothing). The
+      // victim's browser gets his login cookie from the sibling host and is sent to that
+      // callback.
+      const attacker = await browser.newContext({ ignoreHTTPSErrors: true });
+      const a = await attacker.newPage();
+      let callback;
+      a.on('request', (r) => { if (new URL(r.url()).pathname === '/.portcullis/callback') callback = r.url(); });
+      await a.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      const login = (await attacker.cookies(s.app)).find((c) => c.name.includes('_csrf_'));
+      assert.ok(login, 'the attacker has a login cookie');
+      assert.ok(login.name.startsWith('__Host-'), `login cookie ${login.name}`);
+      await attacker.clearCookies({ name: login.name });
+      await idpLogin(a, 'bob');
+      assert.ok(callback, 'the attacker has his callback');
+      await attacker.close();
+      const fresh = await browser.newContext({ ignoreHTTPSErrors: true });
+      const bare = login.name.replace(/^__Host-/, '');
+      await hostilePage(fresh, sibling, `<script>
+        for (const name of ['${login.name}', '__Secure-${bare}', '${bare}']) {
+          document.cookie = name + '=${login.value}; Domain=app.test; Path=/; Secure; SameSite=Lax';
+        }
+      </script>`);
+      const v = await fresh.newPage();
+      await v.goto(callback, { waitUntil: 'domcontentloaded' });
+      assert.equal((await whoami(fresh, s.app)).signed_in, false, 'a planted login cookie signed the browser in');
+      await fresh.close();
     } finally {
       await s.proxy.stop();
       await s.idp.close();

@@ -4,13 +4,12 @@
 //! verifies against Pebble's root; a host added by a reload gets its own certificate; a restart
 //! serves the cached certificate with the ACME server gone.
 
-
+use crate::support::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::support::*;
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

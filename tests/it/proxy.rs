@@ -1,11 +1,10 @@
 //! Proxy core, end to end: the real server on port 0 in front of a Rust echo upstream.
 
-
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use std::time::Duration;
-use crate::support::*;
 
 fn public_route(from: &str, to: &str) -> String {
     format!("  - from: {from}\n    to: {to}\n    allow_public_unauthenticated_access: true\n")

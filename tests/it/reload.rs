@@ -2,7 +2,6 @@
 //! (valid and invalid edits mixed, each way of replacing a file), and the routes served are
 //! always those of the last valid file.
 
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -1,12 +1,11 @@
 //! Signed-in requests without an IdP round trip: sessions are minted with the config's
 //! cookie key, as a sign-in would make them.
 
-
+use crate::support::*;
 use futures::StreamExt;
 use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
 use portcullis::policy::Identity;
 use std::time::Duration;
-use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
@@ -190,6 +189,59 @@ async fn an_unverified_email_is_never_passed_on_as_identity() {
         let payload = jwt_payload(s.header("x-portcullis-jwt-assertion").unwrap());
         assert_eq!(payload["email"], "alice@example.com");
     }
+}
+
+#[tokio::test]
+async fn a_route_that_removes_or_sets_cookie_owns_it_also_beside_the_session() {
+    let echo = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
+         \x20 - from: http://rm.test\n    to: {e}\n    remove_request_headers: [Cookie]\n    allowed_groups: [staff]\n\
+         \x20 - from: http://set.test\n    to: {e}\n    set_request_headers: {{Cookie: role=fixed}}\n    allowed_groups: [staff]\n",
+        e = echo.url()
+    ))
+    .await;
+    for host in ["rm.test", "set.test"] {
+        let session = cookie_for(host, now() + 600);
+        let cookie = format!("a=1; role=admin; {session}");
+        let r = get(
+            p.addr(),
+            host,
+            "/x",
+            &[("cookie", &cookie), ("cookie", "b=2")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        let want: Vec<&str> = if host == "rm.test" {
+            vec![]
+        } else {
+            vec!["role=fixed"]
+        };
+        assert_eq!(r.seen().all("cookie"), want, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_set_or_clear_portcullis_cookies() {
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    let cookie = cookie_for("app.test", now() + 600);
+    // The echo upstream answers `/set-cookie?…` with each `v` as a Set-Cookie header.
+    let r = get(
+        p.addr(),
+        "app.test",
+        "/set-cookie?v=theme%3Ddark&v=__Host-_portcullis%3Dforged%3B%20Path%3D%2F&v=_portcullis%3Dx&v=__Host-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA%3Dy&v=__Secure-_portcullis_signout%3D%3B%20Max-Age%3D0&v=_portcullis_1%3Dz",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, ["theme=dark"]);
 }
 
 /// The claims of a JWT (its signature is checked elsewhere).

@@ -1,10 +1,9 @@
 //! TLS termination: certificates by SNI, ALPN, 421 on SNI/Host mismatch, the redirect port,
 //! the self-signed fallback, and https upstreams.
 
-
+use crate::support::*;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::support::*;
 
 fn leaf_names(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()

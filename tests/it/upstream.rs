@@ -2,138 +2,12 @@
 //! that answers with exact bytes: framing, interim responses, connection reuse, and the
 //! responses that must never poison a pooled connection.
 
-
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A request as the upstream received it: which connection (numbered from 0), the head and
-/// the body (chunked bodies left as they came).
-#[derive(Debug, Clone)]
-struct Got {
-    conn: usize,
-    /// Which request on its connection (from 0).
-    nth: usize,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Got {
-    fn path(&self) -> &str {
-        self.head.split(' ').nth(1).unwrap_or("")
-    }
-    fn method(&self) -> &str {
-        self.head.split(' ').next().unwrap_or("")
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// What the upstream writes back for a request, and whether it then closes the connection.
-type Script = fn(&Got) -> (Vec<u8>, bool);
-
-/// An upstream that reads each request (head, then a `Content-Length` or chunked body) and
-/// writes the script's bytes back in one write.
-struct Scripted {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Got>>>,
-}
-
-impl Scripted {
-    async fn start(script: Script) -> Scripted {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let all = got.clone();
-        tokio::spawn(async move {
-            for conn in 0.. {
-                let Ok((s, _)) = l.accept().await else {
-                    return;
-                };
-                let all = all.clone();
-                tokio::spawn(async move {
-                    let mut s = s;
-                    let mut buf = Vec::new();
-                    let mut nth = 0;
-                    while let Some(mut g) = read_request(&mut s, &mut buf, conn).await {
-                        g.nth = nth;
-                        nth += 1;
-                        all.lock().unwrap().push(g.clone());
-                        let (reply, close) = script(&g);
-                        if s.write_all(&reply).await.is_err() || close {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Scripted { addr, got }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<Got> {
-    let mut tmp = [0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut tmp).await.ok().filter(|&n| n > 0)?;
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
-    let mut g = Got {
-        conn,
-        nth: 0,
-        head,
-        body: Vec::new(),
-    };
-    let done = |b: &[u8]| -> Option<usize> {
-        if let Some(n) = g.header("content-length") {
-            let n: usize = n.parse().ok()?;
-            return (b.len() >= n).then_some(n);
-        }
-        if g.header("transfer-encoding").is_some() {
-            return b.windows(5).position(|w| w == b"0\r\n\r\n").map(|i| i + 5);
-        }
-        Some(0)
-    };
-    let take = loop {
-        if let Some(n) = done(buf) {
-            break n;
-        }
-        let n = s.read(&mut tmp).await.ok().filter(|&n| n > 0)?;
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    g.body = buf.drain(..take).collect();
-    Some(g)
-}
-
-fn ok(body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 async fn proxy_to(up: &Scripted) -> Proxy {
     Proxy::start(&format!(
@@ -676,4 +550,37 @@ async fn framing_and_route_header_names_in_any_spelling_never_reach_the_upstream
     );
     assert_eq!(g.header("x-route").as_deref(), Some("app"));
     assert_eq!(g.body, b"hello");
+}
+
+#[tokio::test]
+async fn a_header_any_route_sets_is_never_taken_from_a_client_on_another_route() {
+    let up = Scripted::start(|g| (ok(g.path()), false)).await;
+    // One upstream: its static files public, the rest behind sign-in with identity and a
+    // secret header set by the proxy. The public route must not carry forged copies.
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+         \x20 - from: http://app.test\n    prefix: /static/\n    to: {u}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://app.test\n    to: {u}\n    allow_any_authenticated_user: true\n\
+         \x20   jwt_claims_headers: {{X-User-Sub: issuer_subject}}\n    set_request_headers: {{X-Proxy-Auth: s3cret}}\n",
+        u = up.url()
+    ))
+    .await;
+    let r = get(
+        p.addr(),
+        "app.test",
+        "/static/x",
+        &[
+            ("x-user-sub", "https://idp.test#alice"),
+            ("x_proxy_auth", "s3cret"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let head = up.got()[0].head.to_ascii_lowercase();
+    assert!(
+        !head.contains("alice") && !head.contains("s3cret"),
+        "{head}"
+    );
+    assert!(head.contains("x-kept: 1"), "{head}");
 }

@@ -23,6 +23,9 @@ mod echo;
 #[allow(unused_imports)]
 pub use echo::{Echo, Seen};
 
+pub mod scripted;
+pub use scripted::{ok, Got, Scripted};
+
 /// A running Portcullis built from YAML text.
 pub struct Proxy {
     pub handle: portcullis::server::Handle,
