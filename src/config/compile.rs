@@ -169,10 +169,10 @@ pub fn compile(
     match &raw.routes {
         None => cx
             .errs
-            .at(Pos::default(), "no `routes`: nothing would be served"),
+            .at(Pos::START, "no `routes`: nothing would be served"),
         Some(list) if list.is_empty() => cx
             .errs
-            .at(Pos::default(), "`routes` is empty: nothing would be served"),
+            .at(Pos::START, "`routes` is empty: nothing would be served"),
         Some(list) => {
             for r in list {
                 if let Some(route) = route(&r.value, pos(r), &raw, &mut cx) {

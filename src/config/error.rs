@@ -10,6 +10,10 @@ pub struct Pos {
 }
 
 impl Pos {
+    /// The start of the file: where an error about the file as a whole (no `routes`, a YAML
+    /// error the parser gives no place for) points.
+    pub const START: Pos = Pos { line: 1, col: 1 };
+
     pub fn of(loc: &serde_saphyr::Location) -> Pos {
         Pos {
             line: u32::try_from(loc.line()).unwrap_or(0),
@@ -99,7 +103,11 @@ impl<'a> Errors<'a> {
 
 /// Turns a YAML parser error into a positioned config error.
 pub fn from_yaml(source: &str, err: &serde_saphyr::Error) -> ConfigError {
-    let pos = err.location().map(|l| Pos::of(&l)).unwrap_or_default();
+    let pos = err
+        .location()
+        .map(|l| Pos::of(&l))
+        .filter(|p| p.line > 0)
+        .unwrap_or(Pos::START);
     let mut msg = err.without_snippet().to_string();
     // The parser appends " at line L, column C"; we print the position in front instead.
     if let Some(i) = msg.rfind(" at line ") {

@@ -226,6 +226,12 @@ mod tests {
             .unwrap()
             .contains("default-src 'none'"));
         assert!(!r.headers().contains_key("access-control-allow-origin"));
+        let body = futures::executor::block_on(r.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("signed in as &lt;script&gt;@x"), "{body}");
+        assert!(!body.contains("<script>"), "{body}");
         assert_eq!(
             html_escape("<a href=\"x\">'&"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"

@@ -831,13 +831,14 @@ mod tests {
             HeaderValue::from_static(
                 "a=1; _portcullis=s; _portcullis_1=t; _portcullis_csrf=u; _portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; _portcullisx=keep; \
                  __Host-_portcullis=s; __Host-_portcullis_2=t; __Secure-_portcullis=s; __Secure-_portcullis_signout=h; \
-                 __Secure-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; __Host-other=keep; __Secure-_portcullisy=keep",
+                 __Secure-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA=v; __Host-other=keep; __Secure-_portcullisy=keep; \
+                 __Other-_portcullis=keep",
             ),
         );
         let out = upstream(h.clone(), fw(&[]));
         assert_eq!(
             out["cookie"],
-            "a=1; _portcullisx=keep; __Host-other=keep; __Secure-_portcullisy=keep"
+            "a=1; _portcullisx=keep; __Host-other=keep; __Secure-_portcullisy=keep; __Other-_portcullis=keep"
         );
         let h = map(&[("cookie", "_portcullis=s")]);
         assert!(!upstream(h, fw(&[])).contains_key("cookie"));

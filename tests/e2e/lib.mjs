@@ -27,6 +27,11 @@ export const USERS = {
   alice: { email: 'alice@example.com', email_verified: true, name: 'Alice', groups: ['staff', 'openclaw-admins'] },
   bob: { email: 'bob@other.test', email_verified: true, name: 'Bob', groups: ['staff'] },
   carol: { email: 'carol@example.com', email_verified: false, name: 'Carol', groups: [] },
+  // Everything an IdP where users pick their own name, address and groups could send.
+  mallory: {
+    email: '<script>alert(1)</script>@evil.test', email_verified: true, name: '"><svg/onload=alert(3)>',
+    groups: ['</p><img/src=x/onerror=alert(2)>'],
+  },
 };
 
 /** Accounts disabled at the IdP: they can no longer sign in, nor refresh a session. */

@@ -548,4 +548,31 @@ describe('sign-in with OpenID Connect', () => {
       await s.idp.close();
     }
   });
+  test('the pages that show who is signed in show a hostile name from the IdP as text', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      const dialogs = [];
+      page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
+      await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
+      await idpLogin(page, 'mallory');
+      // The 403 page (the domain is not example.com), then who-am-I.
+      assert.match(await page.locator('body').innerText(), /403/);
+      const shown = [await page.locator('body').innerText()];
+      const injected = [await page.locator('script, img, svg').count()];
+      await page.goto(`${s.app}/.portcullis/`, { waitUntil: 'domcontentloaded' });
+      shown.push(await page.locator('body').innerText());
+      injected.push(await page.locator('script, img, svg').count());
+      assert.deepEqual(injected, [0, 0], 'markup from the IdP became elements');
+      assert.ok(shown[0].includes('<script>alert(1)</script>@evil.test'), shown[0]);
+      assert.ok(shown[1].includes('</p><img/src=x/onerror=alert(2)>'), shown[1]);
+      assert.ok(shown[1].includes('"><svg/onload=alert(3)>'), shown[1]);
+      assert.deepEqual(dialogs, []);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
 });

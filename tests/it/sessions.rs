@@ -244,6 +244,71 @@ async fn an_upstream_cannot_set_or_clear_portcullis_cookies() {
     assert_eq!(set, ["theme=dark"]);
 }
 
+#[tokio::test]
+async fn pages_that_show_who_is_signed_in_escape_what_the_idp_sent() {
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    // All of it could come from an IdP where users choose their own name, address and groups
+    // (the email passes the address check: one `@`, no spaces).
+    let hostile = Identity {
+        email: Some("<script>alert(1)</script>@evil.test".into()),
+        groups: vec!["</p><img/src=x/onerror=alert(2)>".into()],
+        claims: [(
+            "name".to_string(),
+            portcullis::policy::ClaimValue::Str("\"><svg/onload=alert(3)>".into()),
+        )]
+        .into(),
+        ..alice()
+    };
+    let cookie = cookie_with("app.test", now() + 600, hostile);
+    // The 403 page names the user (the domain is not example.com); who-am-I shows all of it.
+    let denied = get(
+        p.addr(),
+        "app.test",
+        "/x",
+        &[("cookie", &cookie), ("accept", "text/html")],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    let me = get(
+        p.addr(),
+        "app.test",
+        "/.portcullis/",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(me.status, 200);
+    for (page, shows) in [
+        (
+            denied.text(),
+            vec!["&lt;script&gt;alert(1)&lt;/script&gt;@evil.test"],
+        ),
+        (
+            me.text(),
+            vec![
+                "&lt;script&gt;alert(1)&lt;/script&gt;@evil.test",
+                "&lt;/p&gt;&lt;img/src=x/onerror=alert(2)&gt;",
+                "&quot;&gt;&lt;svg/onload=alert(3)&gt;",
+            ],
+        ),
+    ] {
+        for s in shows {
+            assert!(page.contains(s), "{s} not shown escaped: {page}");
+        }
+        for raw in ["<script>", "<img", "<svg"] {
+            assert!(!page.contains(raw), "{raw} unescaped: {page}");
+        }
+    }
+    for r in [&denied, &me] {
+        assert_eq!(r.headers["x-content-type-options"], "nosniff");
+        assert_eq!(r.headers["referrer-policy"], "no-referrer");
+        assert!(r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+    }
+}
+
 /// The claims of a JWT (its signature is checked elsewhere).
 fn jwt_payload(jwt: &str) -> serde_json::Value {
     use base64::Engine;
@@ -425,8 +490,24 @@ async fn only_a_sign_out_the_user_asked_for_is_acted_on() {
             "{method} {headers:?}"
         );
     }
-    // Other methods are not served there.
+    // Other methods are not served there, and no other endpoint takes a POST.
     assert_eq!(sign_out("PUT", vec![]).await.status, 405);
+    for path in [
+        "/.portcullis/",
+        "/.portcullis/callback",
+        "/.portcullis/sign_in",
+        "/.portcullis/signed_out",
+    ] {
+        let r = send(
+            p.addr(),
+            http::Request::post(path)
+                .header("host", "app.test")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 405, "POST {path}");
+    }
 }
 
 fn metric(text: &str, line_prefix: &str) -> Option<f64> {

@@ -153,6 +153,27 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     read_to_close(&mut tcp, wait).await
 }
 
+/// Writes raw bytes, then reads until the peer closes (or resets) the connection: `None` when
+/// it neither closed nor stopped within `wait`.
+pub async fn raw_until_closed(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // The peer may close before it has read everything (an oversized head): that is a close.
+    let _ = tcp.write_all(bytes).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// What arrives on `tcp` until the other side closes it (or `wait` passes), as text.
 pub async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> String {
     let mut out = Vec::new();
