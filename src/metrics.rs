@@ -34,6 +34,8 @@ pub struct Metrics {
     sign_ins: AtomicU64,
     sign_in_failures: AtomicU64,
     connections_refused: AtomicU64,
+    /// Open client connections, kept by the listener (`Tracker`).
+    connections_open: std::sync::Arc<AtomicI64>,
     websockets: std::sync::Arc<AtomicI64>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
@@ -141,6 +143,11 @@ impl Metrics {
     }
 
     /// Counts one open WebSocket until the guard is dropped.
+    /// The open-connections gauge, for the listener to keep.
+    pub fn connections_gauge(&self) -> std::sync::Arc<AtomicI64> {
+        self.connections_open.clone()
+    }
+
     pub fn websocket_guard(&self) -> WsGuard {
         self.websockets.fetch_add(1, Ordering::Relaxed);
         WsGuard(self.websockets.clone())
@@ -235,6 +242,13 @@ impl Metrics {
             "Connections closed at accept because max_connections or max_connections_per_ip was reached.",
             "counter",
             self.connections_refused.load(Ordering::Relaxed).to_string(),
+        );
+        g(
+            &mut o,
+            "portcullis_connections_open",
+            "Open client connections.",
+            "gauge",
+            self.connections_open.load(Ordering::Relaxed).to_string(),
         );
         g(
             &mut o,

@@ -84,6 +84,8 @@ struct Tracker {
     live: AtomicUsize,
     idle: Notify,
     per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// `portcullis_connections_open`.
+    gauge: Arc<std::sync::atomic::AtomicI64>,
 }
 
 struct Live(Arc<Tracker>, IpAddr);
@@ -103,6 +105,7 @@ impl Tracker {
         }
         *n += 1;
         self.live.fetch_add(1, Ordering::AcqRel);
+        self.gauge.fetch_add(1, Ordering::Relaxed);
         Some(Live(self.clone(), ip))
     }
 }
@@ -118,6 +121,7 @@ impl Drop for Live {
                 }
             }
         }
+        self.0.gauge.fetch_sub(1, Ordering::Relaxed);
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -283,7 +287,10 @@ pub async fn serve(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let tracker = Arc::new(Tracker::default());
+    let tracker = Arc::new(Tracker {
+        gauge: shared.metrics.connections_gauge(),
+        ..Tracker::default()
+    });
     let accept = Accept {
         tracker: tracker.clone(),
         acceptor: tls.map(tokio_rustls::TlsAcceptor::from),

@@ -32,10 +32,15 @@ fn watched(handle: &Handle, config: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Runs until the process stops.
-pub async fn run(handle: &Handle, config: &Path) {
-    let mut paths = watched(handle, config);
-    let mut seen = fingerprint(&paths);
+/// Takes its first look at the files now (a change from this moment on is seen), then runs
+/// until the process stops.
+pub fn run<'a>(handle: &'a Handle, config: &'a Path) -> impl std::future::Future<Output = ()> + 'a {
+    let paths = watched(handle, config);
+    let seen = fingerprint(&paths);
+    watch(handle, config, paths, seen)
+}
+
+async fn watch(handle: &Handle, config: &Path, mut paths: Vec<PathBuf>, mut seen: u64) {
     loop {
         tokio::time::sleep(POLL).await;
         let now = fingerprint(&paths);

@@ -11,14 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A UDP port that was free a moment ago: only for pebble-challtestsrv's DNS, which is started
+/// again on another port if it finds this one taken (see `Pebble::start`).
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -29,6 +23,8 @@ fn free_udp_port() -> u16 {
 
 struct Pebble {
     children: Vec<Child>,
+    /// Its TCP ports, held for it (`reserve_port`).
+    _ports: Vec<socket2::Socket>,
     api: SocketAddr,
     mgmt: SocketAddr,
     /// The certificate of Pebble's own API (trusted through `autocert_trusted_ca`).
@@ -54,9 +50,11 @@ impl Pebble {
             );
         }
         let (api_cert, api_key, _) = cert_files(dir, "pebble-api", &["127.0.0.1", "localhost"]);
-        let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let mgmt: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let dns = format!("127.0.0.1:{}", free_udp_port());
+        let (api_hold, api) = reserve_port();
+        let (mgmt_hold, mgmt) = reserve_port();
+        let (dns_mgmt_hold, dns_mgmt) = reserve_port();
+        let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+        let mgmt: SocketAddr = format!("127.0.0.1:{mgmt}").parse().unwrap();
         let cfg = dir.join("pebble.json");
         std::fs::write(
             &cfg,
@@ -73,23 +71,53 @@ impl Pebble {
             .to_string(),
         )
         .unwrap();
-        let challtest = Command::new("pebble-challtestsrv")
-            .args([
-                "-dns01",
-                &dns,
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-            ])
-            .args(["-defaultIPv6", "", "-defaultIPv4", "127.0.0.1"])
-            .args(["-management", &format!("127.0.0.1:{}", free_tcp_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        // The DNS server's UDP port cannot be held for it: if another process took it since it
+        // was chosen, challtestsrv exits at once, and is started on another one.
+        let (challtest, dns) = {
+            let mut attempt = 0;
+            loop {
+                let dns = format!("127.0.0.1:{}", free_udp_port());
+                let mut c = Command::new("pebble-challtestsrv")
+                    .args([
+                        "-dns01",
+                        &dns,
+                        "-http01",
+                        "",
+                        "-https01",
+                        "",
+                        "-tlsalpn01",
+                        "",
+                    ])
+                    .args(["-defaultIPv6", "", "-defaultIPv4", "127.0.0.1"])
+                    .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let up = loop {
+                    if c.try_wait().unwrap().is_some() {
+                        break false;
+                    }
+                    if tokio::net::TcpStream::connect(("127.0.0.1", dns_mgmt))
+                        .await
+                        .is_ok()
+                    {
+                        break true;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "pebble-challtestsrv did not start"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                if up {
+                    break (c, dns);
+                }
+                attempt += 1;
+                assert!(attempt < 5, "pebble-challtestsrv found no free DNS port");
+            }
+        };
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(&cfg)
@@ -103,6 +131,7 @@ impl Pebble {
             .unwrap();
         let p = Pebble {
             children: vec![challtest, pebble],
+            _ports: vec![api_hold, mgmt_hold, dns_mgmt_hold],
             api,
             mgmt,
             api_cert,
@@ -201,8 +230,9 @@ async fn tls_alpn_01_issues_reload_adds_a_host_and_a_restart_reuses_the_cache() 
     let echo = Echo::start("up").await;
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("acme-cache");
-    let port = free_tcp_port();
-    let pebble = Pebble::start(work.path(), port, free_tcp_port()).await;
+    let (_port_hold, port) = reserve_port();
+    let (_http_hold, http_port) = reserve_port();
+    let pebble = Pebble::start(work.path(), port, http_port).await;
     let roots = pebble.root().await;
 
     let p = Proxy::start(&config(
@@ -281,10 +311,10 @@ async fn http_01_on_the_redirect_port_when_tls_alpn_01_cannot_reach_us() {
     let echo = Echo::start("up").await;
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("acme-cache");
-    let port = free_tcp_port();
-    let http_port = free_tcp_port();
+    let (_port_hold, port) = reserve_port();
+    let (_http_hold, http_port) = reserve_port();
     // Pebble validates TLS-ALPN-01 on a port nobody listens on ("only port 80 is open").
-    let closed = free_tcp_port();
+    let (_closed_hold, closed) = reserve_port();
     let pebble = Pebble::start(work.path(), closed, http_port).await;
     let roots = pebble.root().await;
     let extra = format!("http_redirect_addr: 127.0.0.1:{http_port}\n");

@@ -20,6 +20,111 @@ fn write(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
     p
 }
 
+/// The binary running as a server on the ports it chose (`127.0.0.1:0`), its standard error
+/// read line by line; killed when dropped, so a failed assertion leaves nothing running.
+struct Running {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(cfg: &std::path::Path) -> Running {
+        use std::io::BufRead;
+        let mut child = bin()
+            .arg("--config")
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(strip_ansi(&line));
+            }
+        });
+        Running { child, log }
+    }
+
+    /// The first log line `matches` accepts, waiting for it (10 s at most).
+    fn wait_log(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| matches(l)) {
+                return l.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no log line for {what}; the log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `addr=` of the log line that says `what` (`portcullis listening`, `admin listener`).
+    fn addr(&self, what: &str) -> std::net::SocketAddr {
+        let line = self.wait_log(what, |l| l.contains(what));
+        let at = line.find("addr=").expect("an addr field") + 5;
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// How many log lines `matches` accepts so far.
+    fn count(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| matches(l))
+            .count()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    fn term(mut self) -> Option<i32> {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A log line without its colour escapes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 const POLICY: &str = "insecure_server: true
 routes:
   - from: https://app.example.com
@@ -383,41 +488,31 @@ fn a_bad_config_at_start_exits_1_with_the_position() {
 #[test]
 fn sigterm_drains_and_exits_0_and_health_probes_readyz() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let cfg = write(
         dir.path(),
-        &format!("address: 127.0.0.1:{port}\nmetrics_address: 127.0.0.1:{admin}\ninsecure_server: true\nroutes:\n  - from: http://a\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n"),
+        "address: 127.0.0.1:0\nmetrics_address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n  - from: http://a\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n",
     );
-    let mut child = bin()
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Running::start(&cfg);
+    let admin = server.addr("admin listener");
+    server.addr("portcullis listening");
+    // `health --config` reads the admin address from a config: one that names the port the
+    // server chose.
+    let probe = dir.path().join("probe.yaml");
+    std::fs::write(
+        &probe,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "metrics_address: 127.0.0.1:0",
+            &format!("metrics_address: {admin}"),
+        ),
+    )
+    .unwrap();
     let health = bin()
         .args(["health", "--config"])
-        .arg(&cfg)
+        .arg(&probe)
         .status()
         .unwrap();
     assert_eq!(health.code(), Some(0));
-    let url = format!("http://127.0.0.1:{admin}/nothing");
+    let url = format!("http://{admin}/nothing");
     assert_eq!(
         bin()
             .args(["health", "--url", &url])
@@ -426,14 +521,8 @@ fn sigterm_drains_and_exits_0_and_health_probes_readyz() {
             .code(),
         Some(1)
     );
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let dead = format!("http://127.0.0.1:{admin}/readyz");
+    assert_eq!(server.term(), Some(0));
+    let dead = format!("http://{admin}/readyz");
     assert_eq!(
         bin()
             .args(["health", "--url", &dead])
@@ -474,27 +563,18 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn the_running_proxy_picks_up_config_edits_however_the_file_is_replaced_and_keeps_the_last_good_one(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let route = |h: &str| {
         format!("  - from: http://{h}\n    to: http://127.0.0.1:1\n    allow_public_unauthenticated_access: true\n")
     };
-    let head = format!("address: 127.0.0.1:{port}\ninsecure_server: true\nroutes:\n");
+    let head = "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n";
     // The config path is a symlink, as a Kubernetes ConfigMap mounts it.
     let v1 = dir.path().join("v1");
     std::fs::create_dir(&v1).unwrap();
     std::fs::write(v1.join("config.yaml"), format!("{head}{}", route("a.test"))).unwrap();
     let cfg = dir.path().join("config.yaml");
     std::os::unix::fs::symlink(v1.join("config.yaml"), &cfg).unwrap();
-    let mut child = bin()
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = Running::start(&cfg);
+    let port = server.addr("portcullis listening").port();
     wait_for("start", || status(port, "a.test") == Some(502));
     assert_eq!(status(port, "b.test"), Some(404));
 
@@ -505,21 +585,30 @@ fn the_running_proxy_picks_up_config_edits_however_the_file_is_replaced_and_keep
     )
     .unwrap();
     wait_for("in-place edit", || status(port, "b.test") == Some(502));
-    // 2. a broken edit: refused, the last good config keeps serving.
+    // 2. a broken edit: refused with its position in the log, the last good config keeps
+    // serving.
     std::fs::write(
         v1.join("config.yaml"),
         format!("{head}  - from: http://c.test\n    to: gopher://x\n"),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    let refused = server.wait_log("the refused reload", |l| {
+        l.contains("config reload refused")
+    });
+    assert!(
+        refused.contains(&format!("{}:5:9: to: `gopher://x`", cfg.display())),
+        "{refused}"
+    );
     assert_eq!(status(port, "b.test"), Some(502));
     assert_eq!(status(port, "c.test"), Some(404));
     // 3. rename over (what most editors do).
+    let reloads = server.count(|l| l.contains("config reloaded"));
     let tmp = v1.join(".config.yaml.swp");
     std::fs::write(&tmp, format!("{head}{}", route("c.test"))).unwrap();
     std::fs::rename(&tmp, v1.join("config.yaml")).unwrap();
     wait_for("rename-over", || status(port, "c.test") == Some(502));
     assert_eq!(status(port, "b.test"), Some(404));
+    assert_eq!(server.count(|l| l.contains("config reloaded")), reloads + 1);
     // 4. symlink swap to another directory.
     let v2 = dir.path().join("v2");
     std::fs::create_dir(&v2).unwrap();
@@ -529,10 +618,5 @@ fn the_running_proxy_picks_up_config_edits_however_the_file_is_replaced_and_keep
     std::fs::rename(&link_tmp, &cfg).unwrap();
     wait_for("symlink swap", || status(port, "d.test") == Some(502));
     assert_eq!(status(port, "c.test"), Some(404));
-
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(server.term(), Some(0));
 }

@@ -2,8 +2,8 @@
 
 use portcullis::config::{self, MapEnv};
 use portcullis::policy::{
-    evaluate, ClaimValue, Criterion, Expr, Facts, Identity, ListMatch, Outcome, Policy, Rule,
-    RuleOrigin, StrMatch,
+    evaluate, ClaimMatch, ClaimValue, Criterion, Expr, Facts, Identity, ListMatch, Outcome, Policy,
+    Rule, RuleOrigin, StrMatch,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -315,7 +315,37 @@ fn leaf() -> impl Strategy<Value = Expr> {
         Just(Expr::Crit(Criterion::SourceIp(vec!["10.0.0.0/8"
             .parse()
             .unwrap()]))),
+        Just(Expr::Crit(Criterion::User(StrMatch::is("u-alice")))),
+        Just(Expr::Crit(Criterion::Claim(
+            "department".into(),
+            ClaimMatch::Str(StrMatch::is("eng"))
+        ))),
+        Just(Expr::Crit(Criterion::Claim(
+            "roles".into(),
+            ClaimMatch::Has("writer".into())
+        ))),
     ]
+}
+
+/// Does `e` say anything about who the user is? Derived here from the kinds of criteria (only
+/// the method, the path and the client's address are known of an anonymous request), not from
+/// the evaluator's own `needs_identity`.
+fn names_user(e: &Expr) -> bool {
+    match e {
+        Expr::Always => false,
+        Expr::And(v) | Expr::Or(v) | Expr::Not(v) | Expr::Nor(v) => v.iter().any(names_user),
+        Expr::Crit(
+            Criterion::AuthenticatedUser
+            | Criterion::Email(_)
+            | Criterion::Domain(_)
+            | Criterion::User(_)
+            | Criterion::Groups(_)
+            | Criterion::Claim(..),
+        ) => true,
+        Expr::Crit(Criterion::HttpMethod(_) | Criterion::HttpPath(_) | Criterion::SourceIp(_)) => {
+            false
+        }
+    }
 }
 
 fn expr() -> impl Strategy<Value = Expr> {
@@ -421,7 +451,7 @@ proptest! {
 
     #[test]
     fn an_anonymous_request_never_passes_an_allow_that_names_a_user(e in expr(), f in facts_strategy()) {
-        if e.needs_identity() {
+        if names_user(&e) {
             prop_assert_ne!(decide(e, &None, &f), Outcome::Allow);
         }
     }
@@ -430,7 +460,20 @@ proptest! {
     fn signing_in_is_asked_for_only_when_it_could_change_the_answer(e in expr(), f in facts_strategy()) {
         let anon = decide(e.clone(), &None, &f);
         if anon == Outcome::Unauthenticated {
-            prop_assert!(e.needs_identity());
+            prop_assert!(names_user(&e));
+        }
+        if !names_user(&e) {
+            // Nothing about the user: the answer is the same for everyone.
+            for id in [identity(&ALICE), identity(&EVE)] {
+                prop_assert_eq!(decide(e.clone(), &Some(id), &f), anon);
+            }
+        }
+    }
+
+    #[test]
+    fn a_signed_in_user_is_never_asked_to_sign_in(e in expr(), id in who(), f in facts_strategy()) {
+        if id.is_some() {
+            prop_assert_ne!(decide(e, &id, &f), Outcome::Unauthenticated);
         }
     }
 

@@ -273,10 +273,7 @@ async fn prefix_rewrite_preserve_host_and_header_edits_apply() {
 #[tokio::test]
 async fn a_down_upstream_is_502_and_a_slow_one_504_and_others_are_unaffected() {
     let a = Echo::start("a").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_reserved, dead) = refusing_addr();
     let routes = format!(
         "  - from: http://down.test\n    to: http://{dead}\n    allow_public_unauthenticated_access: true\n\
          \x20\x20- from: http://slow.test\n    to: {a}\n    timeout: 300ms\n    allow_public_unauthenticated_access: true\n\
@@ -303,10 +300,7 @@ async fn a_down_upstream_is_502_and_a_slow_one_504_and_others_are_unaffected() {
 async fn several_upstreams_are_balanced_and_a_refused_one_fails_over() {
     let a = Echo::start("a").await;
     let b = Echo::start("b").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_reserved, dead) = refusing_addr();
     let routes = format!(
         "  - from: http://app.test\n    to: [{}, {}]\n    allow_public_unauthenticated_access: true\n\
          \x20\x20- from: http://fo.test\n    to: [http://{dead}, {}]\n    allow_public_unauthenticated_access: true\n",
@@ -486,28 +480,42 @@ async fn each_head_on_a_keep_alive_connection_has_the_whole_header_timeout() {
     use tokio::io::AsyncWriteExt;
     let a = Echo::start("a").await;
     let p = Proxy::start(&format!(
-        "address: 127.0.0.1:0\ninsecure_server: true\ntimeout_read_header: 1s\nroutes:\n{}",
+        "address: 127.0.0.1:0\ninsecure_server: true\ntimeout_read_header: 1500ms\nroutes:\n{}",
         public_route("http://app.test", &a.url())
     ))
     .await;
-    // Three requests 700 ms apart: each wait is within its own head's second, though the
-    // third comes after the first head's deadline (a timer left as it was would have closed
-    // the connection); then half of a fourth, which must be cut off.
+    // Three requests, each sent 900 ms after the answer to the one before: each wait is well
+    // within its own head's 1.5 s, though the third comes after the first head's deadline (a
+    // timer left as it was would have closed the connection); then half of a fourth, which
+    // must be cut off.
     let mut tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
-    for _ in 0..3 {
+    let mut seen = String::new();
+    for i in 1..=3 {
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The answer (the echo's JSON body ends with `}`), before the next wait begins.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while seen.matches("HTTP/1.1 200 OK").count() < i || !seen.ends_with('}') {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline.into(), tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no answer to request {i}: {seen}"))
+                .unwrap();
+            assert!(n > 0, "closed before answering request {i}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
     }
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: app").await.unwrap();
     let started = std::time::Instant::now();
-    let seen = read_to_close(&mut tcp, Duration::from_secs(6)).await;
+    let rest = read_to_close(&mut tcp, Duration::from_secs(6)).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a slow fourth head held the connection"
     );
-    assert_eq!(seen.matches("HTTP/1.1 200 OK").count(), 3, "{seen}");
+    assert!(!rest.contains("200 OK"), "{rest}");
     assert_eq!(a.hits(), 3);
 }
 

@@ -285,8 +285,8 @@ async fn connection_caps_hold_one_client_back_and_others_keep_being_served() {
     for _ in 0..8 {
         held.push(TcpStream::connect(addr).await.unwrap());
     }
-    // Let the server accept and count them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has accepted and counted them.
+    until_metric(&p, "portcullis_connections_open", 8.0).await;
     let mut extra = TcpStream::connect(addr).await.unwrap();
     let _ = extra
         .write_all(b"GET /public/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -302,11 +302,15 @@ async fn connection_caps_hold_one_client_back_and_others_keep_being_served() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // Closing one frees a place for the first client again.
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_metric(&p, "portcullis_connections_open", 7.0).await;
     let r = get(addr, "app.test", "/public/x", &[]).await;
     assert_eq!(r.status, 200);
     let m = p.handle.shared.metrics.render();
-    assert!(m.contains("portcullis_connections_refused_total 1"), "{m}");
+    assert_eq!(
+        metric(&m, "portcullis_connections_refused_total"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 /// One request from 127.0.0.2 (another client address on loopback).

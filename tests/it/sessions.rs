@@ -510,13 +510,6 @@ async fn only_a_sign_out_the_user_asked_for_is_acted_on() {
     }
 }
 
-fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_decisions_websockets_and_reloads() {
     let echo = Echo::start("a").await;
@@ -587,9 +580,9 @@ async fn metrics_count_requests_decisions_websockets_and_reloads() {
         "raw paths became labels"
     );
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_metric(&p, "portcullis_websockets_open", 0.0).await;
     assert_eq!(
-        metric(&scrape().await, "portcullis_websockets_open "),
+        metric(&scrape().await, "portcullis_websockets_open"),
         Some(0.0)
     );
     // A refused reload is counted; a good one too.

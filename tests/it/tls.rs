@@ -213,13 +213,12 @@ async fn a_certificate_file_replaced_on_disk_is_served_without_a_restart() {
     let p = Proxy::start(&yaml).await;
     let addr = p.addr();
     let before = leaf_names(&tls_connect(addr, "one.test", &[b"http/1.1"]).await);
+    // The watcher takes its first look when made: what changes after this is seen.
     let watcher = {
-        let config = p.config.clone();
+        let config: &'static std::path::Path = Box::leak(p.config.clone().into_boxed_path());
         let handle: &'static portcullis::server::Handle = Box::leak(Box::new(p.handle));
-        tokio::spawn(async move { portcullis::server::reload_watch::run(handle, &config).await })
+        tokio::spawn(portcullis::server::reload_watch::run(handle, config))
     };
-    // Let the watcher take its first look.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // What certbot or cert-manager does: write the new pair beside, then rename over.
     let renewed = tempfile::tempdir().unwrap();
     let (c2, k2, _) = cert_files(renewed.path(), "live", &["one.test"]);

@@ -72,6 +72,59 @@ pub fn init() {
         .try_init();
 }
 
+/// An address where nothing listens, reserved while the returned socket lives (bound, not
+/// listening: a connection there is refused, and no other process can take the port).
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
+/// The value of the first Prometheus sample whose line starts with `line_prefix` (a name, or
+/// a name and its labels), parsed: `…_total 1` is 1, not also 10 to 19.
+pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    let line_prefix = line_prefix.trim_end();
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(line_prefix)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits (5 s at most) until the proxy's gauge `name` reads `want`.
+pub async fn until_metric(p: &Proxy, name: &str, want: f64) {
+    let start = std::time::Instant::now();
+    loop {
+        let m = p.handle.shared.metrics.render();
+        if metric(&m, name) == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{name} is not {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port on 127.0.0.1 kept for a server that starts later (another process, or one whose
+/// address must be written into a config first): the returned socket holds it, bound with
+/// `SO_REUSEADDR` and not listening, so nothing else is given the port, while a server that
+/// binds it with `SO_REUSEADDR` (Rust's std, tokio, Go) still can. Keep the socket as long as
+/// the port is in use; until something listens there, a connection to it is refused.
+pub fn reserve_port() -> (socket2::Socket, u16) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
+}
+
 /// A plain HTTP/1.1 response, read whole.
 pub struct Reply {
     pub status: StatusCode,
