@@ -176,6 +176,20 @@ pub fn compile(
         Some(list) => {
             for r in list {
                 if let Some(route) = route(&r.value, pos(r), &raw, &mut cx) {
+                    // With cookie_domain the session is the domain's: a route host outside it
+                    // could not set the cookie at sign-in (browsers refuse the Domain).
+                    let h = &route.from.host;
+                    if let Some(d) = settings
+                        .cookie
+                        .domain
+                        .as_ref()
+                        .filter(|d| h != *d && !h.ends_with(&format!(".{d}")))
+                    {
+                        cx.errs.at(
+                            pos(&r.value.from),
+                            format!("from: `{h}` is not under cookie_domain `{d}`: its sign-in could not set the session cookie"),
+                        );
+                    }
                     routes.push(route);
                 }
             }
@@ -388,7 +402,7 @@ fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
         domain: raw
             .cookie_domain
             .as_ref()
-            .map(|s| s.value.to_ascii_lowercase()),
+            .map(|s| s.value.trim_start_matches('.').to_ascii_lowercase()),
     };
     if let Some(n) = raw.cookie_name.as_ref() {
         if n.value.is_empty()

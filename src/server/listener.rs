@@ -595,6 +595,21 @@ mod tests {
     }
 
     #[test]
+    fn a_client_is_counted_by_its_ipv4_address_or_its_ipv6_slash_64() {
+        let key = |s: &str| client_key(s.parse().expect("ip"));
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        // One host holds a whole /64: its addresses are one client.
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        // An IPv4-mapped address is the IPv4 client.
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+    }
+
+    #[test]
     fn one_worker_gets_one_plain_socket() {
         let l = bind("127.0.0.1:0".parse().expect("addr"), 1).expect("bind");
         assert_eq!(l.sockets.len(), 1);

@@ -456,6 +456,27 @@ fn errors_about_secrets_keys_and_files_name_where_the_value_came_from() {
     );
 }
 
+#[test]
+fn with_cookie_domain_every_route_host_is_under_it() {
+    let yaml = "insecure_server: true\ncookie_domain: .example.test\nroutes:\n\
+                \x20 - from: http://example.test\n    to: http://b\n    allow_any_authenticated_user: true\n\
+                \x20 - from: http://a.example.test\n    to: http://b\n    allow_any_authenticated_user: true\n\
+                \x20 - from: http://other.test\n    to: http://b\n    allow_any_authenticated_user: true\n\
+                \x20 - from: http://notexample.test\n    to: http://b\n    allow_any_authenticated_user: true\n";
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with(
+            "config.yaml:10:11: from: `other.test` is not under cookie_domain `example.test`"
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("config.yaml:13:11: from: `notexample.test`"),
+        "{errs:#?}"
+    );
+}
+
 /// A certificate that cannot be loaded is named by its own `certificates` entry.
 #[test]
 fn a_certificate_error_points_at_its_entry() {

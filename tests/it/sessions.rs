@@ -29,6 +29,12 @@ fn cookie_for(host: &str, expires: u64) -> String {
 
 /// The Cookie header of a session for `identity` on `host`, sealed as a sign-in seals it.
 fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
+    cookie_in(None, host, expires, identity)
+}
+
+/// The Cookie header of a session sealed for `scope` (a host, or the `cookie_domain`), named
+/// as a jar with that `cookie_domain` names it.
+fn cookie_in(domain: Option<&str>, scope: &str, expires: u64, identity: Identity) -> String {
     use base64::Engine;
     let key: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(SECRET)
@@ -44,9 +50,13 @@ fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
     };
     let sealed = CookieKey::new(&key)
         .unwrap()
-        .seal("session", host, &s)
+        .seal("session", scope, &s)
         .unwrap();
-    let jar = CookieJar::new("_portcullis", None, Duration::from_secs(60));
+    let jar = CookieJar::new(
+        "_portcullis",
+        domain.map(String::from),
+        Duration::from_secs(60),
+    );
     jar.set_session(&sealed, &http::HeaderMap::new())
         .iter()
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
@@ -120,6 +130,60 @@ async fn a_signed_in_user_reaches_the_upstream_with_identity_headers_no_client_c
             .status,
         401
     );
+}
+
+#[tokio::test]
+async fn with_cookie_domain_a_session_opens_on_every_host_under_it_and_only_with_its_scope() {
+    let echo = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\ncookie_domain: example.test\nroutes:\n\
+         \x20 - from: http://a.example.test\n    to: {e}\n    allowed_groups: [staff]\n\
+         \x20 - from: http://b.example.test\n    to: {e}\n    allowed_groups: [staff]\n",
+        e = echo.url()
+    ))
+    .await;
+    let shared = cookie_in(Some("example.test"), "example.test", now() + 600, alice());
+    assert!(shared.starts_with("__Secure-_portcullis="), "{shared}");
+    let status = |host: &'static str, cookie: String| {
+        let addr = p.addr();
+        async move {
+            get(
+                addr,
+                host,
+                "/x",
+                &[("cookie", &cookie), ("accept", "application/json")],
+            )
+            .await
+            .status
+            .as_u16()
+        }
+    };
+    assert_eq!(status("a.example.test", shared.clone()).await, 200);
+    assert_eq!(status("b.example.test", shared.clone()).await, 200);
+    // A session sealed for one host does not open under the domain's scope, nor does one
+    // named as a host-only (`__Host-`) session.
+    let one_host = cookie_in(Some("example.test"), "a.example.test", now() + 600, alice());
+    assert_eq!(status("a.example.test", one_host).await, 401);
+    let host_only = cookie_in(None, "example.test", now() + 600, alice());
+    assert_eq!(status("a.example.test", host_only).await, 401);
+    // A sign-out on one host ends the session on all of them.
+    let shared = cookie_in(Some("example.test"), "example.test", now() + 600, alice());
+    let r = get(
+        p.addr(),
+        "b.example.test",
+        "/.portcullis/sign_out",
+        &[("cookie", &shared)],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let cleared = r.headers.get_all("set-cookie").iter().any(|v| {
+        let v = v.to_str().unwrap();
+        v.starts_with("__Secure-_portcullis=;")
+            && v.contains("Max-Age=0")
+            && v.contains("Domain=example.test")
+    });
+    assert!(cleared, "{:?}", r.headers);
+    assert_eq!(status("a.example.test", shared).await, 401);
 }
 
 #[tokio::test]

@@ -65,7 +65,59 @@ async fn a_request_for_another_host_than_the_sni_name_is_421() {
         tls_get(p.addr(), "one.test", "one.test", "/").await.status,
         200
     );
+    // HTTP/2 too: a connection opened for one.test carries no request for two.test.
+    let (version, r) = h2_get_as(p.addr(), "one.test", "two.test", "/").await;
+    assert_eq!((version, r.status.as_u16()), (http::Version::HTTP_2, 421));
     assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_tls_handshake_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, p) = public_one_test().await;
+    // Half a ClientHello, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a stalled handshake held its connection for 20 s"
+    );
+    // The handshake timeout is 10 s.
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed before the timeout"
+    );
+    let m = p.handle.shared.metrics.render();
+    assert_eq!(metric(&m, "portcullis_connections_open"), Some(0.0), "{m}");
+}
+
+#[tokio::test]
+async fn http2_extended_connect_is_not_offered() {
+    let (_a, p) = public_one_test().await;
+    let s = tls_connect(p.addr(), "one.test", &[b"h2"]).await;
+    let (mut send, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    // The server's SETTINGS have arrived once a request has been answered.
+    let req = http::Request::get("https://one.test/").body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert!(
+        !send.is_extended_connect_protocol_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL offered (WebSockets over HTTP/2 would bypass the upgrade checks)"
+    );
 }
 
 #[tokio::test]

@@ -288,7 +288,18 @@ pub async fn tls_get(addr: SocketAddr, sni: &str, host: &str, path: &str) -> Rep
 
 /// One HTTP/2 request over TLS (ALPN h2).
 pub async fn h2_get(addr: SocketAddr, host: &str, path: &str) -> (http::Version, Reply) {
-    let s = tls_connect(addr, host, &[b"h2"]).await;
+    h2_get_as(addr, host, host, path).await
+}
+
+/// An HTTP/2 GET over TLS with SNI `sni` and `:authority` `authority`.
+pub async fn h2_get_as(
+    addr: SocketAddr,
+    sni: &str,
+    authority: &str,
+    path: &str,
+) -> (http::Version, Reply) {
+    let host = authority;
+    let s = tls_connect(addr, sni, &[b"h2"]).await;
     assert_eq!(
         s.get_ref().1.alpn_protocol(),
         Some(&b"h2"[..]),
@@ -303,20 +314,7 @@ pub async fn h2_get(addr: SocketAddr, host: &str, path: &str) -> (http::Version,
     let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
     let resp = send.send_request(req).await.unwrap();
     let version = resp.version();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (
-        version,
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        },
-    )
+    (version, Reply::read(resp).await)
 }
 
 pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
