@@ -12,7 +12,7 @@ import crypto from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  freePort, openclawConfig, startEcho, startIdp, startOpenClaw, startPortcullis, tmpdir, USERS,
+  openclawConfig, startEcho, startIdp, startOpenClaw, startPortcullis, tmpdir, USERS,
 } from './lib.mjs';
 
 function firstAddress() {
@@ -49,15 +49,10 @@ if (echoMode) {
   stops.push(() => echo.stop());
   upstream = echo.url;
 } else {
-  const gwPort = await freePort();
   console.log('Starting the OpenClaw gateway (about 15 s)…');
-  const gateway = await startOpenClaw({
-    dir,
-    port: gwPort,
-    config: openclawConfig({ port: gwPort, origin }),
-  });
+  const gateway = await startOpenClaw({ dir, config: (gwPort) => openclawConfig({ port: gwPort, origin }) });
   stops.unshift(() => gateway.stop());
-  upstream = `http://127.0.0.1:${gwPort}`;
+  upstream = `http://127.0.0.1:${gateway.port}`;
 }
 
 // Demo-only secret, fresh each run: never reuse it.
@@ -81,7 +76,7 @@ routes:
           or:
             - domain: { is: example.com }
 `;
-const proxy = await startPortcullis({ dir, yaml, port, host: host === 'localhost' ? '127.0.0.1' : host, waitForIdp: true });
+const proxy = await startPortcullis({ dir, yaml, waitForIdp: true });
 stops.unshift(() => proxy.stop());
 console.log(`
 Portcullis demo is running${echoMode ? ' (echo upstream)' : ' in front of the OpenClaw gateway'}.

@@ -13,15 +13,18 @@ import { once } from 'node:events';
 import * as jose from 'jose';
 import { after, before, describe, test } from 'node:test';
 import {
-  config, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
+  config, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
 } from './lib.mjs';
 
-/** The hostile IdP; `mint({ nonce, issuer })` makes the ID token of the next code exchange. */
-async function startHostileIdp(port) {
-  const issuer = `http://127.0.0.1:${port}`;
+/**
+ * The hostile IdP, on a port of its own choosing; `mint({ nonce, issuer })` makes the ID token of
+ * the next code exchange.
+ */
+async function startHostileIdp() {
   const { publicKey, privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
   const jwk = { ...(await jose.exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
   const state = { mint: null, exchanges: 0 };
+  let issuer;
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, issuer);
     const json = (code, body) => { res.writeHead(code, { 'content-type': 'application/json' }); res.end(JSON.stringify(body)); };
@@ -46,9 +49,10 @@ async function startHostileIdp(port) {
     }
     json(404, {});
   });
-  server.listen(port, '127.0.0.1');
+  server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  return { issuer, privateKey, publicKey, state, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
+  issuer = `http://127.0.0.1:${server.address().port}`;
+  return { issuer, port: server.address().port, privateKey, publicKey, state, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
 }
 
 function claims(issuer, nonce, over = {}) {
@@ -71,11 +75,10 @@ describe('ID tokens Portcullis must not accept', () => {
   let proxy;
   let port;
   before(async () => {
-    port = await freePort();
-    const idpPort = await freePort();
-    idp = await startHostileIdp(idpPort);
+    idp = await startHostileIdp();
     const dir = tmpdir('portcullis-forged-');
-    proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }), waitForIdp: true });
+    proxy = await startPortcullis({ dir, yaml: config({ idpPort: idp.port, echo: echo.url, dir }), waitForIdp: true });
+    ({ port } = proxy);
   });
   after(async () => { await proxy?.stop(); await idp?.close(); });
 
@@ -154,15 +157,15 @@ describe('ID tokens Portcullis must not accept', () => {
 });
 
 test('a code issued to another client, injected with our state, is not redeemed', async () => {
-  const port = await freePort();
-  const idpPort = await freePort();
   const dir = tmpdir('portcullis-forged-');
-  const idp = await startIdp({
-    port: idpPort,
+  const idp = await startIdp();
+  const proxy = await startPortcullis({ dir, yaml: config({ idpPort: idp.port, echo: echo.url, dir }) });
+  const { port } = proxy;
+  await idp.attach({
     redirectUris: [`https://app.test:${port}/.portcullis/callback`],
     postLogoutRedirectUris: [`https://app.test:${port}/.portcullis/signed_out`],
   });
-  const proxy = await startPortcullis({ dir, port, yaml: config({ port, idpPort, echo: echo.url, dir }), waitForIdp: true });
+  await proxy.idpDiscovered();
   const browser = await launchBrowser();
   try {
     const context = await browser.newContext({ ignoreHTTPSErrors: true });

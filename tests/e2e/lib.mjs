@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
@@ -37,7 +38,12 @@ export const USERS = {
 /** Accounts disabled at the IdP: they can no longer sign in, nor refresh a session. */
 export const DISABLED = new Set();
 
-export async function freePort() {
+/**
+ * A port nothing listens on at this moment. Only for a program that cannot bind port 0 and say
+ * which port it got (the OpenClaw gateway): the port is free only until something else takes
+ * it, so the caller must be ready to try another one (startOpenClaw does).
+ */
+export async function candidatePort() {
   const srv = net.createServer();
   srv.listen(0, '127.0.0.1');
   await once(srv, 'listening');
@@ -47,27 +53,58 @@ export async function freePort() {
   return port;
 }
 
-export async function waitForPort(port, host = '127.0.0.1', ms = 15000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(port, host);
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nothing listens on ${host}:${port}`);
+/**
+ * Starts the test IdP on `host`: it listens at once (on `port`, any free one unless given), so its
+ * issuer (`http://host:port`) can go into Portcullis's config, but oidc-provider runs behind it
+ * only from `attach()`, which takes the client's redirect URIs: they name Portcullis's port,
+ * known once Portcullis is up. A request that comes before `attach()` waits for it. With
+ * `down`, the IdP cannot be reached until `attach()`: every connection is closed as soon as it is
+ * accepted. Given `redirectUris`, it attaches at once.
+ */
+export async function startIdp({ port = 0, host = '127.0.0.1', down = false, ...client } = {}) {
+  let handler = null;
+  let provider = null;
+  let attached;
+  const ready = new Promise((r) => { attached = r; });
+  const server = http.createServer(async (req, res) => {
+    if (!handler) await ready;
+    handler(req, res);
+  });
+  if (down) server.prependListener('connection', (socket) => { if (!handler) socket.destroy(); });
+  server.listen(port, host);
+  await once(server, 'listening');
+  const issuer = `http://${host}:${server.address().port}`;
+  const grants = { refresh: 0 };
+  const idp = {
+    issuer,
+    port: server.address().port,
+    get provider() { return provider; },
+    /** How many refresh-token grants the IdP has answered. */
+    grants,
+    /**
+     * Runs oidc-provider with one client (`portcullis`) whose redirect URIs are given;
+     * `idTokenTtl` (seconds) makes ID tokens short-lived to force refreshes. Attaching again
+     * replaces the provider with one with new signing keys, as a restarted IdP would have.
+     */
+    async attach({ redirectUris, postLogoutRedirectUris, idTokenTtl = 3600 }) {
+      provider = await makeProvider({ issuer, redirectUris, postLogoutRedirectUris, idTokenTtl });
+      provider.on('grant.success', (ctx) => {
+        if (ctx.oidc.params.grant_type === 'refresh_token') grants.refresh += 1;
+      });
+      handler = provider.callback();
+      attached();
+    },
+    async close() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+  if (client.redirectUris) await idp.attach(client);
+  return idp;
 }
 
-/**
- * Starts oidc-provider on 127.0.0.1:port with one client (`portcullis`) whose redirect URIs
- * are given. `idTokenTtl` (seconds) makes ID tokens short-lived to force refreshes.
- */
-export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idTokenTtl = 3600, host = '127.0.0.1' }) {
-  const issuer = `http://${host}:${port}`;
-  // Fresh signing keys for every IdP instance (a restarted IdP has rotated its keys).
+async function makeProvider({ issuer, redirectUris, postLogoutRedirectUris, idTokenTtl }) {
+  // Fresh signing keys for every provider (a restarted IdP has rotated its keys).
   const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
   const jwk = { ...(await jose.exportJWK(privateKey)), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
   const provider = new Provider(issuer, {
@@ -106,22 +143,7 @@ export async function startIdp({ port, redirectUris, postLogoutRedirectUris, idT
     },
   });
   provider.on('server_error', (ctx, err) => console.error('idp server_error', err));
-  const grants = { refresh: 0 };
-  provider.on('grant.success', (ctx) => {
-    if (ctx.oidc.params.grant_type === 'refresh_token') grants.refresh += 1;
-  });
-  const server = provider.listen(port, host);
-  await once(server, 'listening');
-  return {
-    issuer,
-    provider,
-    /** How many refresh-token grants the IdP has answered. */
-    grants,
-    async close() {
-      server.closeAllConnections?.();
-      await new Promise((r) => server.close(r));
-    },
-  };
+  return provider;
 }
 
 /** The Rust echo upstream (examples/echo.rs). */
@@ -139,12 +161,14 @@ export async function startEcho(name = 'echo') {
   return { addr, url: `http://${addr}`, stop: () => child.kill('SIGKILL') };
 }
 
-/** Runs the Portcullis binary on a config (YAML text) in `dir`; resolves once it listens. */
 /**
- * Starts the binary on `yaml` and waits for its port; with `waitForIdp`, also until it has
- * discovered its IdP (discovery runs in the background, and until then a sign-in is a 503).
+ * Runs the binary on `yaml` (written to `dir`/config.yaml) and resolves once it listens, with the
+ * port it got: give it `address: HOST:0` and it binds a free port itself and logs it. With
+ * `waitForIdp`, also waits until it has discovered its IdP (discovery runs in the background,
+ * and until then a sign-in is a 503); `idpDiscovered()` waits for that later, once the IdP has
+ * been attached.
  */
-export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0.0.1', waitForIdp = false }) {
+export async function startPortcullis({ dir, yaml, env = {}, waitForIdp = false }) {
   fs.mkdirSync(dir, { recursive: true });
   const cfg = path.join(dir, 'config.yaml');
   fs.writeFileSync(cfg, yaml);
@@ -159,12 +183,23 @@ export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0
   });
   const exited = once(child, 'exit');
   const died = exited.then(([code]) => { throw new Error(`portcullis exited ${code}:\n${logs.join('')}`); });
-  await Promise.race([waitForPort(port, host), died]);
-  if (waitForIdp) await Promise.race([waitForLog(logs, 'identity provider discovered', 20000), died]);
-  return {
-    port,
+  /** Resolves with the match once `pattern` is in the log from chunk `from` on. */
+  const waitFor = (pattern, ms = 20000, from = 0) => Promise.race([waitForLog(logs, pattern, ms, from), died]);
+  const [, port] = await waitFor(/portcullis listening.*\baddr=\S*:(\d+)\s/);
+  const proxy = {
+    port: Number(port),
     logs,
     child,
+    waitForLog: waitFor,
+    idpDiscovered: () => waitFor('identity provider discovered'),
+    /** Writes `text` as the config; resolves once the binary, which watches the file, took it. */
+    async reload(text) {
+      const from = logs.length;
+      fs.writeFileSync(cfg, text);
+      await waitFor(/config reloaded|config reload refused/, 20000, from);
+      const refused = logs.slice(from).join('').match(/config reload refused.*/);
+      if (refused) throw new Error(refused[0]);
+    },
     async stop() {
       if (child.exitCode !== null) return child.exitCode;
       child.kill('SIGTERM');
@@ -172,13 +207,24 @@ export async function startPortcullis({ dir, yaml, port, env = {}, host = '127.0
       return code;
     },
   };
+  if (waitForIdp) await proxy.idpDiscovered();
+  return proxy;
 }
 
-/** Resolves once a line containing `text` is in `logs` (rejects after `ms`). */
-async function waitForLog(logs, text, ms) {
+/**
+ * Resolves with the match once `pattern` (text or RegExp) is in `logs` from chunk `from` on,
+ * colour escapes removed; rejects after `ms`.
+ */
+async function waitForLog(logs, pattern, ms, from = 0) {
   const deadline = Date.now() + ms;
-  while (!logs.join('').includes(text)) {
-    if (Date.now() > deadline) throw new Error(`no "${text}" in the log after ${ms} ms:\n${logs.join('')}`);
+  const find = () => {
+    const text = logs.slice(from).join('').replace(/\x1b\[[0-9;]*m/g, '');
+    if (typeof pattern === 'string') return text.includes(pattern) ? [pattern] : null;
+    return text.match(pattern);
+  };
+  for (let m = find(); ; m = find()) {
+    if (m) return m;
+    if (Date.now() > deadline) throw new Error(`no "${pattern}" in the log after ${ms} ms:\n${logs.join('')}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -246,7 +292,8 @@ export async function cookieHeader(context, url) {
   return cookies.map((c) => `${c.name}=${c.value}`).join('; ');
 }
 
-export function config({ port, idpPort, echo, dir, extra = '' }) {
+/** Portcullis's config for the suite: it listens on 127.0.0.1:`port` (0: a port it picks). */
+export function config({ port = 0, idpPort, echo, dir, extra = '' }) {
   return `address: 127.0.0.1:${port}
 data_dir: ${dir}/data
 cookie_secret: ${COOKIE_SECRET}
@@ -304,10 +351,32 @@ export function openclawConfig({ port, origin, allowUsers }) {
 
 /**
  * Starts the real OpenClaw gateway (`openclaw gateway run`, from tests/e2e/openclaw's pinned
- * package) on 127.0.0.1:port with `config` (openclaw.json); resolves once it admits traffic.
- * Needs Node 24: run under tests/e2e/openclaw/node_modules/.bin/node.
+ * package) on 127.0.0.1 with `config(port)` as its openclaw.json; resolves once it admits
+ * traffic, with the `port` it listens on. Needs Node 24: run under
+ * tests/e2e/openclaw/node_modules/.bin/node.
+ *
+ * The gateway cannot be given port 0 (it reads 0 as unset and takes its default, 18789), so it
+ * gets a port found free (`port`, else candidatePort()), which something else may take before
+ * the gateway binds it. The gateway then fails to start (after retrying that port for 10 s) and
+ * exits saying EADDRINUSE, and another port is tried, at most `attempts` times in all;
+ * `onNewPort(port)` runs before each new try (for what must follow the gateway: the route to it).
  */
-export async function startOpenClaw({ dir, port, config }) {
+export async function startOpenClaw({ dir, config, port, onNewPort = async () => {}, attempts = 4 }) {
+  port ??= await candidatePort();
+  for (let attempt = 1; ; attempt += 1) {
+    const gateway = await runOpenClaw(dir, config(port));
+    if (gateway.ready) return { port, logs: gateway.logs, stop: gateway.stop };
+    const text = gateway.logs.join('');
+    if (!text.includes('EADDRINUSE') || attempt === attempts) {
+      throw new Error(`openclaw gateway on port ${port} did not start (try ${attempt} of ${attempts}):\n${text}`);
+    }
+    port = await candidatePort();
+    await onNewPort(port);
+  }
+}
+
+/** One `openclaw gateway run`: { ready } once it admits traffic, or not if it exited first. */
+async function runOpenClaw(dir, config) {
   const state = path.join(dir, 'openclaw-state');
   fs.mkdirSync(state, { recursive: true });
   const cfg = path.join(dir, 'openclaw.json');
@@ -320,25 +389,35 @@ export async function startOpenClaw({ dir, port, config }) {
       OPENCLAW_LOG_LEVEL: 'debug', NO_COLOR: '1',
     },
   });
-  for (const s of [child.stdout, child.stderr]) {
-    s.on('data', (d) => { logs.push(String(d)); if (process.env.E2E_VERBOSE) process.stderr.write(d); });
-  }
-  await waitForPort(port, '127.0.0.1', 90000);
-  // The HTTP listener comes up before the gateway admits traffic.
-  const end = Date.now() + 60000;
-  while (!logs.join('').includes('[gateway] ready')) {
-    if (Date.now() > end) throw new Error(`openclaw gateway not ready:\n${logs.join('')}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return {
-    logs,
-    async stop() {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      await Promise.race([
-        new Promise((r) => child.once('exit', r)),
-        new Promise((r) => setTimeout(r, 10000)).then(() => child.kill('SIGKILL')),
-      ]);
-    },
+  // 'close' rather than 'exit': the output has been read to its end, the reason it exited included.
+  const closed = once(child, 'close');
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    await Promise.race([
+      closed,
+      new Promise((r) => setTimeout(r, 10000)).then(() => child.kill('SIGKILL')),
+    ]);
   };
+  // The HTTP listener comes up before the gateway admits traffic: ready is the log line.
+  const ready = new Promise((resolve) => {
+    for (const s of [child.stdout, child.stderr]) {
+      let tail = '';
+      s.on('data', (d) => {
+        logs.push(String(d));
+        if (process.env.E2E_VERBOSE) process.stderr.write(d);
+        tail = (tail + d).slice(-4096);
+        if (tail.includes('[gateway] ready')) resolve(true);
+      });
+    }
+  });
+  let timer;
+  const deadline = new Promise((r) => { timer = setTimeout(r, 150000, 'timeout'); });
+  const outcome = await Promise.race([ready, closed.then(() => false), deadline]);
+  clearTimeout(timer);
+  if (outcome === 'timeout') {
+    await stop();
+    throw new Error(`openclaw gateway not ready after 150 s:\n${logs.join('')}`);
+  }
+  return { ready: outcome, logs, stop };
 }

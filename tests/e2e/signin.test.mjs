@@ -3,8 +3,7 @@ import assert from 'node:assert/strict';
 import * as jose from 'jose';
 import { after, before, describe, test } from 'node:test';
 import {
-  config, cookieHeader, DISABLED, freePort, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis,
-  tmpdir,
+  config, cookieHeader, DISABLED, idpLogin, launchBrowser, request, startEcho, startIdp, startPortcullis, tmpdir,
 } from './lib.mjs';
 
 let browser;
@@ -19,22 +18,28 @@ after(async () => {
   echo?.stop();
 });
 
-/** One Portcullis + IdP pair; `idTokenTtl` shortens ID tokens. */
-async function setup({ idTokenTtl = 3600, startIdpFirst = true } = {}) {
-  const port = await freePort();
-  const idpPort = await freePort();
+/**
+ * One Portcullis + IdP pair; `idTokenTtl` shortens ID tokens. Both pick their own ports; the IdP
+ * runs its provider once Portcullis's port (in its redirect URIs) is known. With `idpDown`, the
+ * IdP cannot be reached until the test calls `s.idp.attach(s.idpOpts)`.
+ */
+async function setup({ idTokenTtl = 3600, idpDown = false } = {}) {
   const dir = tmpdir('portcullis-e2e-');
+  const idp = await startIdp({ down: idpDown });
+  const yaml = config({ idpPort: idp.port, echo: echo.url, dir });
+  const proxy = await startPortcullis({ dir, yaml });
+  const { port } = proxy;
   const hosts = ['app.test', 'any.test'];
   const idpOpts = {
-    port: idpPort,
     idTokenTtl,
     redirectUris: hosts.map((h) => `https://${h}:${port}/.portcullis/callback`),
     postLogoutRedirectUris: hosts.map((h) => `https://${h}:${port}/.portcullis/signed_out`),
   };
-  const idp = startIdpFirst ? await startIdp(idpOpts) : null;
-  const yaml = config({ port, idpPort, echo: echo.url, dir });
-  const proxy = await startPortcullis({ dir, yaml, port, waitForIdp: startIdpFirst });
-  return { port, idpPort, dir, yaml, idp, idpOpts, proxy, app: `https://app.test:${port}` };
+  if (!idpDown) {
+    await idp.attach(idpOpts);
+    await proxy.idpDiscovered();
+  }
+  return { port, idpPort: idp.port, dir, yaml, idp, idpOpts, proxy, app: `https://app.test:${port}` };
 }
 
 async function signIn(context, url, user) {
@@ -271,7 +276,8 @@ describe('sign-in with OpenID Connect', () => {
       }
       const pending = await logins();
       assert.equal(pending.length, 2, 'one login cookie per sign-in in progress');
-      for (const c of pending) assert.equal(c.path, '/.portcullis/');
+      // This host's alone (`__Host-`: Path=/, no Domain), so no other host can plant one.
+      for (const c of pending) assert.deepEqual([c.path, c.domain, c.secure], ['/', 'app.test', true]);
       // The tab that left first comes back first, and the other one still completes.
       await idpLogin(first, 'alice');
       assert.equal(first.url(), `${s.app}/first`);
@@ -323,11 +329,12 @@ describe('sign-in with OpenID Connect', () => {
       // The IdP session is over: the next visit shows its login form again.
       await page.goto(`${s.app}/`, { waitUntil: 'domcontentloaded' });
       await page.waitForSelector('input[name=login]', { timeout: 15000 });
-      // Restart Portcullis on the same data_dir: the revocation is remembered.
+      // Restart Portcullis on the same data_dir: the revocation is remembered. The new process
+      // may listen on another port; the cookie is the host's, whatever the port.
       assert.equal(await s.proxy.stop(), 0, 'SIGTERM exits 0');
-      const again = await startPortcullis({ dir: s.dir, yaml: s.yaml, port: s.port, waitForIdp: true });
+      const again = await startPortcullis({ dir: s.dir, yaml: s.yaml, waitForIdp: true });
       try {
-        const r = await request(s.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
+        const r = await request(again.port, 'app.test', '/x', { headers: { cookie: stolen, accept: 'application/json' } });
         assert.equal(r.status, 401, 'revocation forgotten across a restart');
       } finally {
         await again.stop();
@@ -341,14 +348,13 @@ describe('sign-in with OpenID Connect', () => {
 
   test('an ID token signed by a key Portcullis has not seen makes it fetch the keys again', async () => {
     const s = await setup();
-    let idp2;
     try {
       const a = await browser.newContext({ ignoreHTTPSErrors: true });
       await signIn(a, `${s.app}/before`, 'alice');
       await a.close();
-      // The IdP restarts with new signing keys; Portcullis still holds the old JWKS.
-      await s.idp.close();
-      idp2 = await startIdp(s.idpOpts);
+      // The IdP comes back with new signing keys (a new provider at the same address);
+      // Portcullis still holds the old JWKS.
+      await s.idp.attach(s.idpOpts);
       const b = await browser.newContext({ ignoreHTTPSErrors: true });
       const page = await signIn(b, `${s.app}/after-rotation`, 'alice');
       assert.equal(page.url(), `${s.app}/after-rotation`);
@@ -356,7 +362,7 @@ describe('sign-in with OpenID Connect', () => {
       await b.close();
     } finally {
       await s.proxy.stop();
-      await idp2?.close();
+      await s.idp.close();
     }
   });
 
@@ -385,8 +391,7 @@ describe('sign-in with OpenID Connect', () => {
   });
 
   test('with the IdP down at start, public paths still serve and protected ones answer 503 until it is up', async () => {
-    const s = await setup({ startIdpFirst: false });
-    let idp;
+    const s = await setup({ idpDown: true });
     try {
       const down = await request(s.port, 'app.test', '/', { headers: { accept: 'text/html' } });
       assert.equal(down.status, 503);
@@ -395,7 +400,9 @@ describe('sign-in with OpenID Connect', () => {
       assert.equal(pub.status, 200);
       assert.equal(JSON.parse(pub.body).target, '/open');
 
-      idp = await startIdp(s.idpOpts);
+      // Portcullis has tried the IdP and failed before it comes up.
+      await s.proxy.waitForLog('identity provider discovery failed');
+      await s.idp.attach(s.idpOpts);
       const end = Date.now() + 20000;
       let status = 503;
       while (status === 503 && Date.now() < end) {
@@ -409,7 +416,7 @@ describe('sign-in with OpenID Connect', () => {
       await context.close();
     } finally {
       await s.proxy.stop();
-      await idp?.close();
+      await s.idp.close();
     }
   });
   test('a sign-out link on another site is not acted on; the button it leads to is', async () => {

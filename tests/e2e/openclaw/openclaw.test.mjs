@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  COOKIE_SECRET, CLIENT_SECRET, freePort, idpLogin, launchBrowser, openclawConfig, request, startIdp,
+  candidatePort, COOKIE_SECRET, CLIENT_SECRET, idpLogin, launchBrowser, openclawConfig, request, startIdp,
   startOpenClaw, startPortcullis, tmpdir,
 } from '../lib.mjs';
 
@@ -67,29 +67,10 @@ before(async () => {
   assert.ok(Number(process.versions.node.split('.')[0]) >= 24, `OpenClaw needs Node 24, this is ${process.version}`);
   dir = tmpdir('portcullis-openclaw-');
   net = makeNetns();
-  port = await freePort();
-  const idpPort = await freePort();
-  const gwPort = await freePort();
-  host = `claw.test:${port}`;
-  idp = await startIdp({
-    port: idpPort,
-    host: net.hostAddr,
-    redirectUris: [`https://${host}/.portcullis/callback`],
-    postLogoutRedirectUris: [`https://${host}/.portcullis/signed_out`],
-  });
-  gateway = await startOpenClaw({
-    dir,
-    port: gwPort,
-    // allowUsers holds only alice's issuer-qualified subject (immutable, not an email): a
-    // connect under any other identity fails at the gateway.
-    config: openclawConfig({ port: gwPort, origin: `https://${host}`, allowUsers: [`${idp.issuer}#alice`] }),
-  });
-  proxy = await startPortcullis({
-    dir,
-    port,
-    host: net.hostAddr,
-    waitForIdp: true,
-    yaml: `address: ${net.hostAddr}:${port}
+  // The IdP and Portcullis pick their own ports. The gateway cannot (see startOpenClaw): it gets
+  // a port found free, and Portcullis's route follows it should it have to move.
+  idp = await startIdp({ host: net.hostAddr });
+  const proxyYaml = (gwPort) => `address: ${net.hostAddr}:0
 data_dir: ${dir}/data
 cookie_secret: ${COOKIE_SECRET}
 idp_provider_url: ${idp.issuer}
@@ -105,7 +86,23 @@ routes:
       - allow:
           or:
             - domain: { is: example.com }
-`,
+`;
+  const gwPort = await candidatePort();
+  proxy = await startPortcullis({ dir, yaml: proxyYaml(gwPort) });
+  port = proxy.port;
+  host = `claw.test:${port}`;
+  await idp.attach({
+    redirectUris: [`https://${host}/.portcullis/callback`],
+    postLogoutRedirectUris: [`https://${host}/.portcullis/signed_out`],
+  });
+  await proxy.idpDiscovered();
+  gateway = await startOpenClaw({
+    dir,
+    port: gwPort,
+    // allowUsers holds only alice's issuer-qualified subject (immutable, not an email): a
+    // connect under any other identity fails at the gateway.
+    config: (p) => openclawConfig({ port: p, origin: `https://${host}`, allowUsers: [`${idp.issuer}#alice`] }),
+    onNewPort: (p) => proxy.reload(proxyYaml(p)),
   });
   const wrapper = path.join(dir, 'chromium-in-netns');
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${net.ns} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
@@ -192,7 +189,10 @@ test('a user the policy refuses gets 403 and no WebSocket', async () => {
   const body = await page.content();
   assert.match(body, /bob@other\.test/);
   assert.match(body, /403|not allowed|denied/i);
-  await new Promise((r) => setTimeout(r, 1500));
+  // The page has had every chance to open a socket once it has loaded and its network has gone
+  // quiet (nothing in flight for 500 ms).
+  await page.waitForLoadState('load', { timeout: 15000 });
+  await page.waitForLoadState('networkidle', { timeout: 15000 });
   assert.equal(sockets.length, 0, 'the 403 page opens no socket');
   // Even a hand-made upgrade with bob's cookie is refused by Portcullis.
   const cookies = (await context.cookies(`https://${host}/`)).map((c) => `${c.name}=${c.value}`).join('; ');
