@@ -8,11 +8,13 @@ use std::path::Path;
 
 use portcullis::auth::assertion::Signer;
 use portcullis::auth::revoked::RevocationStore;
-use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
+use portcullis::auth::session::{CookieJar, CookieKey, Session};
 use portcullis::auth::Auth;
+use portcullis::clock::now;
 use portcullis::config::{self, MapEnv};
+use portcullis::http::h1;
 use portcullis::policy::{evaluate, ClaimValue, Facts, Identity};
-use portcullis::proxy::{h1, headers};
+use portcullis::proxy::headers;
 
 fn identity() -> Identity {
     let mut claims = std::collections::BTreeMap::new();

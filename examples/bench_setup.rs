@@ -5,7 +5,8 @@
 //!
 //! usage: bench_setup DIR HOST COOKIE_SECRET_BASE64
 
-use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
+use portcullis::auth::session::{CookieJar, CookieKey, Session};
+use portcullis::clock::now;
 use portcullis::policy::Identity;
 use std::time::Duration;
 

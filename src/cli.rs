@@ -144,7 +144,7 @@ pub fn explain_text(
         .ok_or("--url needs a host")?
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let target_path = crate::proxy::target::normalize_path(url.path())
+    let target_path = crate::http::target::normalize_path(url.path())
         .map_err(|e| format!("--url: {e} (Portcullis answers 400)"))?;
     let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("--method: `{}` is not an HTTP method", args.method))?;

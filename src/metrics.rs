@@ -74,8 +74,7 @@ fn method_label(m: &http::Method) -> &'static str {
 impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics::default();
-        m.last_reload
-            .store(crate::auth::session::now(), Ordering::Relaxed);
+        m.last_reload.store(crate::clock::now(), Ordering::Relaxed);
         m
     }
 
@@ -157,7 +156,7 @@ impl Metrics {
         if ok {
             self.reloads.fetch_add(1, Ordering::Relaxed);
             self.last_reload
-                .store(crate::auth::session::now(), Ordering::Relaxed);
+                .store(crate::clock::now(), Ordering::Relaxed);
         } else {
             self.reload_failures.fetch_add(1, Ordering::Relaxed);
         }

@@ -3,7 +3,8 @@
 //! and opens, and the headers an upstream gets carry none of Portcullis's cookies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::auth::session::{pairs, CookieJar, CookieKey, Session};
+use portcullis::auth::session::{CookieJar, CookieKey, Session};
+use portcullis::http::cookie::pairs;
 use portcullis::policy::Identity;
 use portcullis::proxy::headers::{request_headers, Forwarding};
 use std::sync::OnceLock;

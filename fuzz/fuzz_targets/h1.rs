@@ -5,8 +5,8 @@
 #![no_main]
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use portcullis::proxy::h1::{self, Chunk, Chunked};
-use portcullis::proxy::headers::HopByHop;
+use portcullis::http::h1::{self, Chunk, Chunked};
+use portcullis::http::hop::HopByHop;
 
 /// Heads and framing found, the body decoded, what was left: fed `step` bytes at a time.
 fn read(data: &[u8], step: usize) -> (Vec<String>, Vec<u8>, Option<h1::H1Error>, usize) {

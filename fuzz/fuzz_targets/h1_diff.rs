@@ -10,8 +10,8 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use portcullis::proxy::h1::{self, Chunk, Chunked, Framing};
-use portcullis::proxy::headers::HopByHop;
+use portcullis::http::h1::{self, Chunk, Chunked, Framing};
+use portcullis::http::hop::HopByHop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A response as read whole: status, headers, body.

@@ -3,7 +3,7 @@
 //! starts with the rewrite target (so the upstream resolves it to no other path).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::proxy::target::{normalize_path, normalize_path_fully, rewrite_prefix};
+use portcullis::http::target::{normalize_path, normalize_path_fully, rewrite_prefix};
 
 /// `prefix\nrewrite\npath`, each as the config and the request would give it.
 fn rewrite(data: &str) {

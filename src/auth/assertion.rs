@@ -11,7 +11,7 @@ use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use std::sync::Mutex;
 
-use super::session::now;
+use crate::clock::now;
 use crate::policy::Identity;
 
 /// How long an assertion is valid.

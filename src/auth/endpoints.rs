@@ -5,11 +5,12 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::session::{now, valid_state, LoginState, MAX_LOGINS};
+use super::session::{valid_state, LoginState, MAX_LOGINS};
 use super::SetCookies;
+use crate::clock::now;
+use crate::http::target::{normalize_path, Target};
 use crate::proxy::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
 use crate::proxy::handle::Shared;
-use crate::proxy::target::{normalize_path, Target};
 use crate::proxy::Body;
 use crate::runtime::Runtime;
 
@@ -227,7 +228,7 @@ async fn callback(
         .filter(|c| !c.is_empty() && c.len() <= MAX_PARAM)
         .ok_or_else(|| login_failed("no code"))?;
     let state = state.ok_or_else(|| login_failed("no state, or not one Portcullis makes"))?;
-    let sealed = super::session::cookie(req.headers(), &jar.login_name(&state))
+    let sealed = crate::http::cookie::cookie(req.headers(), &jar.login_name(&state))
         .ok_or_else(|| login_failed("no login cookie (replayed or cross-site callback)"))?;
     let login: LoginState = key
         .open("login", &target.host, sealed)

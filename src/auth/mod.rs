@@ -12,12 +12,13 @@ use http::{HeaderMap, HeaderValue};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::now;
 use crate::config::Settings;
-use crate::server::workers::PerWorker;
+use crate::workers::PerWorker;
 use assertion::Signer;
 use oidc::Oidc;
 use revoked::RevocationStore;
-use session::{now, CookieJar, CookieKey, Session, SignOutHint, SignedIn};
+use session::{CookieJar, CookieKey, Session, SignOutHint, SignedIn};
 
 /// Sign-in state built from one config. Parts that must outlive a reload (the IdP
 /// discovery, a generated signing key) are carried over from the previous one when their
@@ -165,7 +166,7 @@ impl Auth {
     /// The ID token to send the IdP as `id_token_hint` when session `s` signs out: the one in
     /// the request's sign-out cookie, if that opens and names this session.
     pub fn sign_out_hint(&self, host: &str, s: &Session, headers: &HeaderMap) -> Option<String> {
-        let text = session::cookie(headers, &self.jar.hint_name())?;
+        let text = crate::http::cookie::cookie(headers, &self.jar.hint_name())?;
         let hint: SignOutHint = self
             .key
             .as_ref()?

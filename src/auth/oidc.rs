@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::session::{now, LoginState, Session, SignedIn};
+use super::session::{LoginState, Session, SignedIn};
+use crate::clock::now;
 use crate::config::compile::IdpSettings;
 use crate::policy::identity::normalize_email;
 use crate::policy::{ClaimValue, Identity};

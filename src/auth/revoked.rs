@@ -6,7 +6,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::RwLock;
 
-use super::session::now;
+use crate::clock::now;
 
 /// Where revoked session ids are kept. A shared implementation (Redis/Valkey) can stand in
 /// for the embedded one when several replicas must agree.

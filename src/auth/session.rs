@@ -2,14 +2,15 @@
 //! bound to its host (or `cookie_domain`), chunked when large, expiring. A tampered,
 //! truncated, expired, other-key or other-host cookie is simply no session.
 
+use crate::http::cookie::{cookie, cookie_bytes, cookie_pairs};
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderValue};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::policy::Identity;
 
@@ -24,12 +25,6 @@ pub const LOGIN_TTL: u64 = 600;
 /// Sign-ins in progress at once in one browser: a callback that sees more login cookies than
 /// this expires all of them (so they never grow a request past the header limit).
 pub const MAX_LOGINS: usize = 16;
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// A signed-in session, as carried in the cookie.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,45 +341,6 @@ fn split_chunks(s: &str) -> Vec<&str> {
     v
 }
 
-/// The value of cookie `name` in the request (the first, if a client sent it twice), as text.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_bytes(headers, name).and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// The value of cookie `name` in the request (the first, if a client sent it twice).
-fn cookie_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    cookie_pairs(headers)
-        .find(|(k, _)| *k == name.as_bytes())
-        .map(|(_, v)| v)
-}
-
-/// Every `name=value` pair of the request's Cookie headers, as bytes: browsers send values
-/// as they were set, UTF-8 included, and another cookie's bytes must not hide the session's.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| pairs(v.as_bytes()))
-        .filter_map(|c| {
-            let eq = memchr::memchr(b'=', c)?;
-            Some((&c[..eq], &c[eq + 1..]))
-        })
-}
-
-/// The `;`-separated parts of one Cookie header, trimmed, empty ones skipped (`memchr`: a
-/// browser's Cookie header can be kilobytes, and is read several times per request).
-pub fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut start = 0;
-    memchr::memchr_iter(b';', value)
-        .chain(std::iter::once(value.len()))
-        .map(move |end| {
-            let part = &value[start..end];
-            start = end + 1;
-            part.trim_ascii()
-        })
-        .filter(|p| !p.is_empty())
-}
-
 /// Is this a `state` Portcullis could have made (and so a safe part of a cookie name)?
 /// Made ones are 22 base64url characters.
 pub fn valid_state(s: &str) -> bool {
@@ -396,6 +352,8 @@ pub fn valid_state(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now;
+    use http::header::COOKIE;
 
     fn key(b: u8) -> CookieKey {
         CookieKey::new(&[b; 32]).unwrap()

@@ -773,10 +773,10 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
     let mut set_request_headers = Vec::new();
     if let Some(m) = &r.set_request_headers {
         for (name, value) in header_pairs(cx, "set_request_headers", m) {
-            let folded = crate::proxy::headers::folded_name(&name);
+            let folded = crate::http::hop::folded_name(&name);
             if folded == http::header::HOST
                 || folded == http::header::CONTENT_LENGTH
-                || crate::proxy::headers::is_hop_by_hop(&folded)
+                || crate::http::hop::is_hop_by_hop(&folded)
             {
                 // Written by Portcullis itself: a value here would be ignored or break framing.
                 cx.errs.at(
@@ -805,7 +805,7 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         for n in &list.value {
             match HeaderName::from_bytes(n.as_bytes()) {
                 // Folded: a client's copy under any spelling is removed.
-                Ok(h) => remove_request_headers.push(crate::proxy::headers::folded_name(&h)),
+                Ok(h) => remove_request_headers.push(crate::http::hop::folded_name(&h)),
                 Err(_) => cx.errs.at(
                     pos(list),
                     format!("remove_request_headers: `{n}` is not a valid header name"),
@@ -865,7 +865,7 @@ fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<R
         .iter()
         .map(|(h, _)| h)
         .chain(set_request_headers.iter().map(|(h, _)| h))
-        .map(crate::proxy::headers::folded_name)
+        .map(crate::http::hop::folded_name)
         .collect();
     Some(Route {
         name,
@@ -972,7 +972,7 @@ fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
             );
             continue;
         }
-        if crate::proxy::target::normalize_path(u.path()).as_deref() != Ok(u.path()) {
+        if crate::http::target::normalize_path(u.path()).as_deref() != Ok(u.path()) {
             // Put in front of every forwarded path: it must not change how that path resolves.
             cx.errs.at(
                 pos(&r.to),
@@ -991,7 +991,7 @@ fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
 /// Route paths must already be in the form request paths are normalized to, or they could
 /// never match (or would match something unexpected).
 fn canonical_path(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<String> {
-    match crate::proxy::target::normalize_path(&v.value) {
+    match crate::http::target::normalize_path(&v.value) {
         Ok(p) if p == v.value => Some(p),
         Ok(p) => {
             cx.errs.at(

@@ -26,12 +26,13 @@ use tokio_rustls::TlsConnector;
 use tokio_util::io::poll_read_buf;
 
 use super::error::ProxyError;
-use super::h1::{self, Chunk, Chunked, Framing, ReqFraming};
-use super::headers::{self, HopByHop, UpstreamHeaders};
+use super::headers::UpstreamHeaders;
 use super::BoxError;
+use crate::http::h1::{self, Chunk, Chunked, Framing, ReqFraming};
+use crate::http::hop::HopByHop;
 use crate::policy::eval::Permitted;
 use crate::route::{Route, Upstream};
-use crate::server::workers::PerWorker;
+use crate::workers::PerWorker;
 
 /// TLS settings for a route's https upstreams.
 pub struct UpstreamTls {
@@ -327,7 +328,7 @@ impl UpstreamClient {
             .await
             .map_err(|e| Failure::Sent(error_chain(&e)))?;
         let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        headers::response_headers(resp.headers_mut(), switched);
+        crate::http::hop::response_headers(resp.headers_mut(), switched);
         Ok(resp.map(UpResponseBody::Upgrade))
     }
 

@@ -13,11 +13,12 @@ use std::time::Instant;
 use super::error::{page, ProxyError};
 use super::forward::{self, UpBody};
 use super::headers::{self, Forwarding};
-use super::target::{self, Target};
 use super::{websocket, Body};
 use crate::auth::revoked::RevocationStore;
-use crate::auth::session::{now, Session};
+use crate::auth::session::Session;
 use crate::auth::{endpoints, Refreshes, SetCookies};
+use crate::clock::now;
+use crate::http::target::{self, Target};
 use crate::policy::{self, Facts, Identity, Refusal};
 use crate::route::{PathMatch, Route};
 use crate::runtime::Runtime;
@@ -214,7 +215,7 @@ async fn inner<'r>(
         .ok_or(ProxyError::NotFound)?;
     cx.route = Some(route);
 
-    let websocket = headers::is_websocket_upgrade(req.method(), req.headers());
+    let websocket = crate::http::hop::is_websocket_upgrade(req.method(), req.headers());
     // Public routes never look at sessions (and never pay for them).
     let session = if route.policy.uses_identity {
         session(rt, shared, target, &req, &mut cx.cookies).await

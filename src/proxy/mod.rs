@@ -2,11 +2,9 @@
 
 pub mod error;
 pub mod forward;
-pub mod h1;
 pub mod handle;
 pub mod headers;
 pub mod relay;
-pub mod target;
 pub mod websocket;
 
 use bytes::Bytes;

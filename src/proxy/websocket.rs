@@ -18,7 +18,7 @@ use super::handle::Shared;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
-use super::target::Target;
+use crate::http::target::Target;
 use crate::route::Route;
 
 /// Checks an upgrade request that the policy already allowed.
@@ -179,7 +179,7 @@ const POLICY: &str = "access revoked by a policy change";
 /// revocation store instead.
 async fn ended(e: &mut Ends) -> &'static str {
     loop {
-        let now = crate::auth::session::now();
+        let now = crate::clock::now();
         let (id, expires, refresh_at) = match &e.session {
             Some(s) => {
                 let refreshable = s.refresh_token.is_some();
@@ -198,7 +198,7 @@ async fn ended(e: &mut Ends) -> &'static str {
         tokio::select! {
             _ = timer => {
                 let Some(s) = e.session.clone() else { continue };
-                if crate::auth::session::now() >= s.expires {
+                if crate::clock::now() >= s.expires {
                     return EXPIRED;
                 }
                 let rt = e.shared.runtime.load_full();
@@ -206,7 +206,7 @@ async fn ended(e: &mut Ends) -> &'static str {
                 let Some(fresh) = e.shared.refreshes.refresh(oidc, &s).await else {
                     return EXPIRED;
                 };
-                if fresh.session.id_token_exp <= crate::auth::session::now() {
+                if fresh.session.id_token_exp <= crate::clock::now() {
                     // The IdP gave no ID token valid now (or a clock far off): ending the
                     // socket beats asking again in a loop.
                     return EXPIRED;

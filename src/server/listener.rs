@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-use super::workers::Workers;
 use super::DRAIN_DEADLINE;
 use crate::config::Settings;
 use crate::proxy::handle::{handle, ConnInfo, Shared};
+use crate::workers::Workers;
 
 /// Request-size and timing limits for client connections.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,6 @@ pub mod listener;
 pub mod redirect;
 pub mod reload_watch;
 pub mod signals;
-pub mod workers;
 
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -79,7 +78,7 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         sockets: Arc::default(),
     });
     let (tx, rx) = watch::channel(false);
-    let main = listener::bind(settings.address, workers::Workers::global().len())?;
+    let main = listener::bind(settings.address, crate::workers::Workers::global().len())?;
     let addr = main.addr;
     let mut tasks = Vec::new();
     let tls = if settings.insecure_server {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::http::target;
 use crate::proxy::error::ProxyError;
 use crate::proxy::handle::Shared;
-use crate::proxy::{target, Body};
+use crate::proxy::Body;
 
 pub async fn serve(
     listener: TcpListener,

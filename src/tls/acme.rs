@@ -267,7 +267,7 @@ async fn run(
         loop {
             let quiet = quiet_allowed(
                 cert.renew_at.load(Ordering::Relaxed),
-                i64::try_from(crate::auth::session::now()).unwrap_or(i64::MAX),
+                i64::try_from(crate::clock::now()).unwrap_or(i64::MAX),
                 deadline,
             );
             let ev = match tokio::time::timeout(quiet, state.next()).await {

@@ -253,7 +253,7 @@ async fn tls_alpn_01_issues_reload_adds_a_host_and_a_restart_reuses_the_cache() 
     let expiry = p.handle.shared.acme.expiry();
     assert_eq!(expiry.len(), 1);
     assert_eq!(expiry[0].0, "one.acme.test");
-    assert!(expiry[0].1 > portcullis::auth::session::now() as i64);
+    assert!(expiry[0].1 > portcullis::clock::now() as i64);
 
     // A host added by a config change gets its own certificate, without a restart, and
     // the first host keeps the one it has.

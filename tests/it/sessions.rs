@@ -3,7 +3,8 @@
 
 use crate::support::*;
 use futures::StreamExt;
-use portcullis::auth::session::{now, CookieJar, CookieKey, Session};
+use portcullis::auth::session::{CookieJar, CookieKey, Session};
+use portcullis::clock::now;
 use portcullis::policy::Identity;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
-use super::headers::HopByHop;
+use super::hop::HopByHop;
 
 /// The most a response head may take.
 pub const MAX_HEAD: usize = 64 * 1024;
