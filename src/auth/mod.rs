@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now;
-use crate::config::Settings;
+use crate::config::settings::Settings;
 use crate::workers::PerWorker;
 use assertion::Signer;
 use oidc::Oidc;

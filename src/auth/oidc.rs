@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::session::{LoginState, Session, SignedIn};
 use crate::clock::now;
-use crate::config::compile::IdpSettings;
+use crate::config::settings::IdpSettings;
 use crate::policy::identity::normalize_email;
 use crate::policy::{ClaimValue, Identity};
 

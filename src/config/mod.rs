@@ -9,8 +9,10 @@ pub mod env;
 pub mod error;
 pub mod node;
 pub mod raw;
+pub mod settings;
 
-pub use compile::{AutocertSettings, Compiled, LogFormat, Settings};
+pub use compile::Compiled;
+pub use settings::{AutocertSettings, LogFormat, Settings};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors};
 

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use super::DRAIN_DEADLINE;
-use crate::config::Settings;
+use crate::config::settings::Settings;
 use crate::proxy::handle::{handle, ConnInfo, Shared};
 use crate::workers::Workers;
 

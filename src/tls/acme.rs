@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::AbortHandle;
 
-use crate::config::AutocertSettings;
+use crate::config::settings::AutocertSettings;
 
 /// The ACME side of one host: its current rustls-acme state's resolver and its expiry.
 pub struct HostCert {

@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::settings::Settings;
 
 /// Picks the certificate for a handshake: the first configured one valid for the SNI name,
 /// else the first one (clients that send no SNI, or a name no route serves).

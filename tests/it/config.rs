@@ -322,7 +322,7 @@ fn autocert_settings_are_checked() {
     // Defaults: Let's Encrypt production, cache under data_dir, HTTP-01 only with a redirect port.
     let c = ok(&format!("autocert: true\ndata_dir: /var/lib/p\n{route}"));
     let a = c.settings.autocert.unwrap();
-    assert_eq!(a.directory, config::compile::LETS_ENCRYPT);
+    assert_eq!(a.directory, config::settings::LETS_ENCRYPT);
     assert_eq!(a.dir, Path::new("/var/lib/p/autocert"));
     assert!(!a.http01);
     assert!(a.contacts.is_empty());
@@ -330,7 +330,7 @@ fn autocert_settings_are_checked() {
         "autocert: true\nautocert_use_staging: true\nautocert_email: ops@example.com\nautocert_dir: /c\nhttp_redirect_addr: ':80'\n{route}"
     ));
     let a = c.settings.autocert.unwrap();
-    assert_eq!(a.directory, config::compile::LETS_ENCRYPT_STAGING);
+    assert_eq!(a.directory, config::settings::LETS_ENCRYPT_STAGING);
     assert_eq!(a.contacts, vec!["mailto:ops@example.com".to_string()]);
     assert_eq!(a.dir, Path::new("/c"));
     assert!(a.http01);
