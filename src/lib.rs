@@ -14,8 +14,8 @@ pub mod workers;
 pub mod config;
 pub mod policy;
 // The upstream client, then routes.
-// pub mod upstream;
 pub mod route;
+pub mod upstream;
 // Certificates and sign-in.
 pub mod auth;
 pub mod tls;

@@ -1,13 +1,12 @@
 //! Routes: which upstream serves a request, by host (and port) then path, first match in
 //! file order. No match is a 404; there is never a default upstream.
 
-use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::policy::Policy;
-use crate::proxy::forward::UpstreamClient;
+use crate::upstream::{Destination, Upstream, UpstreamClient};
 
 /// The `from` of a route: host, and port when one is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,50 +63,6 @@ impl PathMatch {
     }
 }
 
-/// One upstream URL, split once.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
-    /// The authority's host (`[…]` for IPv6), taken out once: the assertion's audience.
-    pub host: Box<str>,
-    /// The `to` URL's path without its trailing `/` (empty for none), put in front of the
-    /// forwarded path.
-    pub base_path: String,
-    /// The `Host` the upstream expects when `preserve_host_header` is off.
-    pub host_header: HeaderValue,
-    /// `scheme://authority`: names this upstream's idle connections in the pool.
-    pub pool_key: std::sync::Arc<str>,
-}
-
-impl Upstream {
-    pub fn from_url(u: &url::Url) -> Result<Upstream, String> {
-        let host = u.host_str().ok_or("no host")?;
-        let authority_str = match u.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
-        let authority: Authority = authority_str
-            .parse()
-            .map_err(|_| "not a valid host".to_string())?;
-        let scheme = if u.scheme() == "https" {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        };
-        let host_header =
-            HeaderValue::from_str(&authority_str).map_err(|_| "not a valid host".to_string())?;
-        Ok(Upstream {
-            pool_key: std::sync::Arc::from(format!("{scheme}://{authority}")),
-            scheme,
-            host: authority.host().into(),
-            authority,
-            base_path: u.path().trim_end_matches('/').to_string(),
-            host_header,
-        })
-    }
-}
-
 /// A compiled route.
 pub struct Route {
     /// For logs and metrics (bounded: never a raw request path).
@@ -149,6 +104,17 @@ impl Route {
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n).map(move |i| &self.upstreams[(start + i) % n])
+    }
+
+    /// Where this route sends a request: its client and upstreams, round-robin.
+    pub fn destination(&self) -> Destination<'_, impl Iterator<Item = &Upstream>> {
+        Destination {
+            client: &self.client,
+            upstreams: self.upstream_order(),
+            preserve_host: self.preserve_host_header,
+            timeout: self.timeout,
+            name: &self.name,
+        }
     }
 }
 

@@ -2,7 +2,6 @@
 //! assertion for upstreams, and the `/.portcullis/` endpoints.
 
 pub mod assertion;
-pub mod endpoints;
 pub mod oidc;
 pub mod revoked;
 pub mod session;

@@ -216,7 +216,7 @@ impl CookieJar {
         HeaderValue::from_str(&format!(
             "{}={value}{}",
             self.hint_name(),
-            self.attrs(super::endpoints::SIGN_OUT, max_age, true)
+            self.attrs(crate::paths::SIGN_OUT, max_age, true)
         ))
         .ok()
     }

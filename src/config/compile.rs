@@ -11,11 +11,11 @@ use std::time::Duration;
 use super::duration;
 use super::env::env_name;
 use super::error::{Errors, Pos};
-use super::settings::*;
 use super::raw::{RawConfig, RawRoute};
+use super::settings::*;
 use crate::policy::parse::{compile as compile_policy, PolicyInput};
-use crate::proxy::forward::{UpstreamClient, UpstreamTls};
-use crate::route::{FromMatch, PathMatch, Route, Upstream};
+use crate::route::{FromMatch, PathMatch, Route};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamTls};
 
 /// Everything compiled from one config file.
 pub struct Compiled {

@@ -12,9 +12,9 @@ pub mod raw;
 pub mod settings;
 
 pub use compile::Compiled;
-pub use settings::{AutocertSettings, LogFormat, Settings};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, ConfigErrors};
+pub use settings::{AutocertSettings, LogFormat, Settings};
 
 use std::path::Path;
 

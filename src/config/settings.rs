@@ -84,4 +84,3 @@ pub struct Settings {
     pub hsts_max_age: Option<Duration>,
     pub data_dir: PathBuf,
 }
-

@@ -6,3 +6,6 @@ pub mod cookie;
 pub mod h1;
 pub mod hop;
 pub mod target;
+
+/// The error of a body or a connection step, whatever made it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

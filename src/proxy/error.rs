@@ -37,6 +37,18 @@ pub enum ProxyError {
     UpstreamTimeout,
 }
 
+impl From<crate::upstream::Error> for ProxyError {
+    fn from(e: crate::upstream::Error) -> ProxyError {
+        match e {
+            crate::upstream::Error::BadPath => {
+                ProxyError::BadRequest("the path cannot be forwarded".into())
+            }
+            crate::upstream::Error::Unavailable => ProxyError::UpstreamUnavailable,
+            crate::upstream::Error::Timeout => ProxyError::UpstreamTimeout,
+        }
+    }
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -6,61 +6,22 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::{page, ProxyError};
-use super::forward::{self, UpBody};
 use super::headers::{self, Forwarding};
+use super::portal;
+use super::state::{ConnInfo, Shared};
 use super::{websocket, Body};
-use crate::auth::revoked::RevocationStore;
 use crate::auth::session::Session;
-use crate::auth::{endpoints, Refreshes, SetCookies};
+use crate::auth::SetCookies;
 use crate::clock::now;
 use crate::http::target::{self, Target};
 use crate::policy::{self, Facts, Identity, Refusal};
 use crate::route::{PathMatch, Route};
 use crate::runtime::Runtime;
-
-/// What the listener knows about the connection a request came on.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The TLS SNI name, lower-case; `None` on plain HTTP or when the client sent none.
-    pub sni: Option<String>,
-    pub https: bool,
-    /// The peer's address as an `X-Forwarded-For` value, made once for all its requests.
-    pub forwarded_for: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, sni: Option<String>, https: bool) -> ConnInfo {
-        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo {
-            peer,
-            sni,
-            https,
-            forwarded_for,
-        }
-    }
-}
-
-/// State shared by every connection and kept across reloads.
-pub struct Shared {
-    /// ACME certificates, kept across reloads.
-    pub acme: crate::tls::acme::Acme,
-    pub runtime: arc_swap::ArcSwap<Runtime>,
-    /// Revoked session ids (sign-out).
-    pub store: Arc<dyn RevocationStore>,
-    pub refreshes: Refreshes,
-    /// Session ids as they sign out: open WebSockets of that session close at once.
-    pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
-    pub metrics: crate::metrics::Metrics,
-    /// Open WebSockets, decided again at every reload.
-    pub sockets: Arc<websocket::Registry>,
-}
+use crate::upstream::{self, IdleBody, UpBody};
 
 /// What a request accumulates on its way: access-log fields and cookies to set. It borrows
 /// or shares what it logs (no copy per request).
@@ -152,13 +113,6 @@ fn is_navigation(req: &Request<Incoming>) -> bool {
         && h.get("sec-fetch-mode").is_none_or(|m| m == "navigate")
 }
 
-/// Paths Portcullis answers itself on every route host; never forwarded.
-fn is_own_path(path: &str) -> bool {
-    path == "/.portcullis"
-        || path.starts_with("/.portcullis/")
-        || path.starts_with("/.well-known/portcullis/")
-}
-
 async fn inner<'r>(
     rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
@@ -196,10 +150,10 @@ async fn inner<'r>(
             return Err(ProxyError::Misdirected);
         }
     }
-    if is_own_path(&target.path) {
+    if crate::paths::is_own(&target.path) {
         // Boxed, as every path taken rarely here: a future is as large as its largest await,
         // and the request future is moved whole into its connection (bench/README.md).
-        return Box::pin(endpoints::serve(
+        return Box::pin(portal::serve(
             rt,
             shared,
             conn.https,
@@ -244,7 +198,7 @@ async fn inner<'r>(
             cx.decision = "unauthenticated";
             if !websocket && is_navigation(&req) && rt.auth.oidc.is_some() {
                 let https = route.from.https;
-                return endpoints::start_login(
+                return portal::start_login(
                     rt,
                     https,
                     target,
@@ -301,7 +255,8 @@ async fn inner<'r>(
     } else {
         UpBody::new(body)
     };
-    let mut resp = forward::send(route, &permitted, parts, headers, pq, body).await?;
+    let mut resp =
+        upstream::send(route.destination(), &permitted, parts, &headers, pq, body).await?;
     headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -317,7 +272,7 @@ async fn inner<'r>(
             shared: shared.clone(),
             signed_out: shared.signed_out.subscribe(),
             revoked: revoke.clone(),
-            registered: shared.sockets.add(websocket::OpenSocket {
+            registered: shared.sockets.add(super::sockets::OpenSocket {
                 host: target.host.clone(),
                 port: target.port,
                 path: target.path.clone(),
@@ -336,7 +291,7 @@ async fn inner<'r>(
     // `forward` gives a response without hop-by-hop headers (but a 101's upgrade).
     let (rparts, rbody) = resp.into_parts();
     let body = match route.idle_timeout {
-        Some(idle) if !upgraded => forward::IdleBody::new(rbody, idle).boxed(),
+        Some(idle) if !upgraded => IdleBody::new(rbody, idle).boxed(),
         _ => rbody.map_err(Into::into).boxed(),
     };
     Ok(Response::from_parts(rparts, body))

@@ -141,11 +141,6 @@ impl UpstreamHeaders<'_> {
         &self.host
     }
 
-    /// Is this the upgrade of a WebSocket?
-    pub fn websocket(&self) -> bool {
-        self.websocket
-    }
-
     /// The same headers as a map, `Host` first, for hyper's client (WebSocket upgrades).
     pub fn to_map(&self, host: &HeaderValue) -> HeaderMap {
         let mut m = HeaderMap::with_capacity(self.client.len() + self.added.list.len() + 1);
@@ -154,6 +149,25 @@ impl UpstreamHeaders<'_> {
             m.append(n.clone(), v.clone());
         }
         m
+    }
+}
+
+/// What the upstream client writes: the fields as [`UpstreamHeaders::iter`] gives them.
+impl crate::upstream::Fields for UpstreamHeaders<'_> {
+    fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.iter()
+    }
+
+    fn client_host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    fn websocket(&self) -> bool {
+        self.websocket
+    }
+
+    fn to_map(&self, host: &HeaderValue) -> HeaderMap {
+        UpstreamHeaders::to_map(self, host)
     }
 }
 

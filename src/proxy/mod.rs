@@ -1,15 +1,17 @@
 //! The request pipeline: target → route → session → policy → forward.
 
 pub mod error;
-pub mod forward;
 pub mod handle;
 pub mod headers;
+pub mod portal;
 pub mod relay;
+pub mod sockets;
+pub mod state;
 pub mod websocket;
 
 use bytes::Bytes;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http::BoxError;
 
 /// Every response body Portcullis sends.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;

@@ -21,7 +21,8 @@ use tokio::sync::{watch, Notify};
 
 use super::DRAIN_DEADLINE;
 use crate::config::settings::Settings;
-use crate::proxy::handle::{handle, ConnInfo, Shared};
+use crate::proxy::handle::handle;
+use crate::proxy::state::{ConnInfo, Shared};
 use crate::workers::Workers;
 
 /// Request-size and timing limits for client connections.

@@ -3,7 +3,7 @@
 pub mod admin;
 pub mod listener;
 pub mod redirect;
-pub mod reload_watch;
+pub mod reload;
 pub mod signals;
 
 use arc_swap::ArcSwap;
@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::handle::Shared;
+use crate::proxy::state::Shared;
 use crate::runtime::Runtime;
 
 /// How long in-flight requests may take to finish after a shutdown signal.

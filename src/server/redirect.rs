@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::http::target;
 use crate::proxy::error::ProxyError;
-use crate::proxy::handle::Shared;
+use crate::proxy::state::Shared;
 use crate::proxy::Body;
 
 pub async fn serve(

@@ -65,7 +65,7 @@ async fn a_hundred_rewrites_under_load_fail_no_request_and_serve_the_last_valid_
                 std::fs::rename(&link, &p.config).unwrap();
             }
         }
-        let took = portcullis::server::signals::reload(&p.handle, &p.config);
+        let took = portcullis::server::reload::reload(&p.handle, &p.config);
         assert_eq!(took, valid, "edit {i}");
         if valid {
             last_valid = format!("v{i}");

@@ -652,9 +652,9 @@ async fn metrics_count_requests_decisions_websockets_and_reloads() {
     );
     // A refused reload is counted; a good one too.
     std::fs::write(&p.config, "routes: [oops\n").unwrap();
-    assert!(!portcullis::server::signals::reload(&p.handle, &p.config));
+    assert!(!portcullis::server::reload::reload(&p.handle, &p.config));
     std::fs::write(&p.config, &yaml).unwrap();
-    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
     let m = scrape().await;
     assert_eq!(
         metric(&m, "portcullis_config_reload_failures_total "),
@@ -708,7 +708,7 @@ async fn a_reload_closes_the_websockets_it_no_longer_allows_and_keeps_the_others
         yaml("example.com", "allow_public_unauthenticated_access: true"),
     )
     .unwrap();
-    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
     assert_eq!(ws_roundtrip(&mut ws, "1").await.as_deref(), Some("1"));
     assert_eq!(ws_roundtrip(&mut anon, "1").await.as_deref(), Some("1"));
     // The user's domain is no longer allowed, and the public route now needs a sign-in.
@@ -717,7 +717,7 @@ async fn a_reload_closes_the_websockets_it_no_longer_allows_and_keeps_the_others
         yaml("other.test", "allow_any_authenticated_user: true"),
     )
     .unwrap();
-    assert!(portcullis::server::signals::reload(&p.handle, &p.config));
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
     for s in [&mut ws, &mut anon] {
         let (code, reason) = close_reason(s, Duration::from_secs(3))
             .await

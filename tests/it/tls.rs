@@ -269,7 +269,7 @@ async fn a_certificate_file_replaced_on_disk_is_served_without_a_restart() {
     let watcher = {
         let config: &'static std::path::Path = Box::leak(p.config.clone().into_boxed_path());
         let handle: &'static portcullis::server::Handle = Box::leak(Box::new(p.handle));
-        tokio::spawn(portcullis::server::reload_watch::run(handle, config))
+        tokio::spawn(portcullis::server::reload::run(handle, config))
     };
     // What certbot or cert-manager does: write the new pair beside, then rename over.
     let renewed = tempfile::tempdir().unwrap();
@@ -345,7 +345,7 @@ async fn aes_128_gcm_is_chosen_even_when_the_client_lists_aes_256_first() {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(portcullis::proxy::forward::NoVerify(provider)))
+        .with_custom_certificate_verifier(Arc::new(portcullis::upstream::NoVerify(provider)))
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("one.test").unwrap();

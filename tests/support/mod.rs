@@ -251,7 +251,7 @@ pub fn tls_client_any(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(portcullis::proxy::forward::NoVerify(provider)))
+        .with_custom_certificate_verifier(Arc::new(portcullis::upstream::NoVerify(provider)))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(cfg)

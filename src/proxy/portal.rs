@@ -5,21 +5,16 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::session::{valid_state, LoginState, MAX_LOGINS};
-use super::SetCookies;
+use super::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
+use super::state::Shared;
+use super::Body;
+use crate::auth::session::{valid_state, LoginState, MAX_LOGINS};
+use crate::auth::SetCookies;
 use crate::clock::now;
 use crate::http::target::{normalize_path, Target};
-use crate::proxy::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
-use crate::proxy::handle::Shared;
-use crate::proxy::Body;
+use crate::paths::{CALLBACK, JWKS, SIGNED_OUT, SIGN_IN, SIGN_OUT, WHOAMI};
 use crate::runtime::Runtime;
 
-pub const CALLBACK: &str = "/.portcullis/callback";
-pub const SIGNED_OUT: &str = "/.portcullis/signed_out";
-/// Also the `Path` of the cookie that holds the session's ID token for it ([`SignOutHint`]).
-///
-/// [`SignOutHint`]: super::session::SignOutHint
-pub const SIGN_OUT: &str = "/.portcullis/sign_out";
 /// Longest `code`/`state` accepted at the callback (before any work is done).
 const MAX_PARAM: usize = 4096;
 
@@ -113,7 +108,7 @@ pub async fn serve(
     }
     let q = target.query.as_deref();
     match target.path.as_str() {
-        "/.well-known/portcullis/jwks.json" => {
+        JWKS => {
             let mut r = page(
                 StatusCode::OK,
                 "application/json",
@@ -125,7 +120,7 @@ pub async fn serve(
             );
             Ok(r)
         }
-        "/.portcullis/sign_in" => {
+        SIGN_IN => {
             let to =
                 query_param(q, "redirect_uri").map_or_else(|| "/".to_string(), |r| safe_return(&r));
             start_login(rt, https, target, to, cookies)
@@ -149,7 +144,7 @@ pub async fn serve(
             "You are signed out.",
             r#"<p><a href="/.portcullis/sign_in">Sign in again</a></p>"#,
         )),
-        "/.portcullis/" | "/.portcullis" => Ok(whoami(rt, shared, target, req)),
+        WHOAMI | "/.portcullis" => Ok(whoami(rt, shared, target, req)),
         _ => Err(ProxyError::NotFound),
     }
 }
@@ -244,8 +239,8 @@ async fn callback(
         .callback(&redirect_uri, &code, &login)
         .await
         .map_err(|e| match e {
-            super::oidc::OidcError::Unavailable => ProxyError::IdpUnavailable,
-            super::oidc::OidcError::Rejected(why) => login_failed(&why),
+            crate::auth::oidc::OidcError::Unavailable => ProxyError::IdpUnavailable,
+            crate::auth::oidc::OidcError::Rejected(why) => login_failed(&why),
         })?;
     let id = &new.session.identity;
     tracing::info!(user = id.email.as_deref().unwrap_or(&id.sub), "signed in");

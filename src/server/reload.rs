@@ -1,3 +1,6 @@
+//! Reloads: the new config built whole before it is swapped in ([`reload`], on SIGHUP and on a
+//! change), and the watcher that notices changes.
+//!
 //! Reload when the config file (or a file it names) changes. Polling, not inotify: it sees
 //! every way editors and orchestrators replace files (rename over, truncate-and-write, a
 //! Kubernetes ConfigMap's symlink swap, a bind-mounted directory) the same way, by content.
@@ -10,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Handle;
+use crate::config::ProcessEnv;
+use crate::runtime::Runtime;
 
 /// How often files are looked at.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -55,9 +60,39 @@ async fn watch(handle: &Handle, config: &Path, mut paths: Vec<PathBuf>, mut seen
         }
         seen = settled;
         tracing::info!(config = %config.display(), "config or a file it names changed");
-        if super::signals::reload(handle, config) {
+        if reload(handle, config) {
             paths = watched(handle, config);
             seen = fingerprint(&paths);
+        }
+    }
+}
+
+/// Builds a new runtime from the file; swaps it in only if all of it is valid.
+pub fn reload(handle: &Handle, config: &Path) -> bool {
+    let old = handle.shared.runtime.load_full();
+    match Runtime::reload(config, &ProcessEnv, Some(&old)) {
+        Ok(rt) => {
+            if old.settings.address != rt.settings.address
+                || old.settings.http_redirect_addr != rt.settings.http_redirect_addr
+                || old.settings.metrics_address != rt.settings.metrics_address
+                || old.settings.insecure_server != rt.settings.insecure_server
+            {
+                tracing::warn!("listener settings (address, http_redirect_addr, metrics_address, insecure_server) changed: they take effect at the next restart");
+            }
+            for w in &rt.warnings {
+                tracing::warn!("{w}");
+            }
+            handle.swap(rt);
+            tracing::info!(config = %config.display(), "config reloaded");
+            handle.shared.metrics.reload(true);
+            true
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!("config reload refused, the previous config keeps serving: {e}");
+            }
+            handle.shared.metrics.reload(false);
+            false
         }
     }
 }

@@ -1,0 +1,91 @@
+//! Every open WebSocket, with what a reload needs to decide it again: its route's host, port
+//! and path, its client's address and its user. A reload (or a refreshed identity) that no
+//! longer allows one notifies it, and it closes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+use crate::policy::{evaluate, Facts, Identity, Outcome};
+use crate::runtime::Runtime;
+
+/// What a reload needs to decide an open WebSocket again.
+pub struct OpenSocket {
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    pub ip: IpAddr,
+    pub identity: Option<Arc<Identity>>,
+    pub revoke: Arc<Notify>,
+}
+
+/// Every open WebSocket, so that a reload can close those its new policy refuses.
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, OpenSocket>>,
+}
+
+/// Removes its socket from the registry when dropped.
+pub struct Registered(Arc<Registry>, u64);
+
+impl Registered {
+    /// The socket's user after a refresh: a reload decides on this identity from now on.
+    /// Returns whether the running config still lets the socket's user in.
+    pub fn set_identity(&self, identity: Arc<Identity>, rt: &Runtime) -> bool {
+        let Ok(mut m) = self.0.open.lock() else {
+            return false;
+        };
+        m.get_mut(&self.1).is_some_and(|s| {
+            s.identity = Some(identity);
+            allowed(s, rt)
+        })
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.open.lock() {
+            m.remove(&self.1);
+        }
+    }
+}
+
+impl Registry {
+    pub fn add(self: &Arc<Self>, s: OpenSocket) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.open.lock() {
+            m.insert(id, s);
+        }
+        Registered(self.clone(), id)
+    }
+
+    /// Decides every open socket again under `rt`; closes the refused ones. Returns how many.
+    pub fn recheck(&self, rt: &Runtime) -> usize {
+        let Ok(m) = self.open.lock() else { return 0 };
+        let mut closed = 0;
+        for s in m.values() {
+            if !allowed(s, rt) {
+                s.revoke.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+/// Does `rt` still let this socket's user in (its route, with `allow_websockets`, and its
+/// policy for the socket's identity)?
+fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
+    rt.routes.find(&s.host, s.port, &s.path).is_some_and(|r| {
+        let facts = Facts {
+            method: &http::Method::GET,
+            path: &s.path,
+            ip: Some(s.ip),
+        };
+        r.allow_websockets
+            && evaluate(&r.policy, s.identity.as_deref(), &facts).outcome == Outcome::Allow
+    })
+}

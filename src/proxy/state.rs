@@ -1,0 +1,50 @@
+//! What a request sees beyond itself: its connection (`ConnInfo`), and the state every
+//! connection shares and a reload keeps (`Shared`).
+
+use http::HeaderValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::sockets;
+use crate::auth::revoked::RevocationStore;
+use crate::auth::Refreshes;
+use crate::runtime::Runtime;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The TLS SNI name, lower-case; `None` on plain HTTP or when the client sent none.
+    pub sni: Option<String>,
+    pub https: bool,
+    /// The peer's address as an `X-Forwarded-For` value, made once for all its requests.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, sni: Option<String>, https: bool) -> ConnInfo {
+        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            sni,
+            https,
+            forwarded_for,
+        }
+    }
+}
+
+/// State shared by every connection and kept across reloads.
+pub struct Shared {
+    /// ACME certificates, kept across reloads.
+    pub acme: crate::tls::acme::Acme,
+    pub runtime: arc_swap::ArcSwap<Runtime>,
+    /// Revoked session ids (sign-out).
+    pub store: Arc<dyn RevocationStore>,
+    pub refreshes: Refreshes,
+    /// Session ids as they sign out: open WebSockets of that session close at once.
+    pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
+    pub metrics: crate::metrics::Metrics,
+    /// Open WebSockets, decided again at every reload.
+    pub sockets: Arc<sockets::Registry>,
+}
