@@ -31,7 +31,7 @@ pub struct Auth {
     pub jar: CookieJar,
     pub oidc: Option<Arc<Oidc>>,
     pub signer: Arc<Signer>,
-    signing_key: Option<assertion::SigningKey>,
+    signing_key: Option<crate::config::keys::SigningKey>,
 }
 
 impl Auth {

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod duration;
 pub mod env;
 pub mod error;
+pub mod keys;
 pub mod node;
 pub mod raw;
 pub mod settings;

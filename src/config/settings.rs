@@ -71,7 +71,7 @@ pub struct Settings {
     pub idp: Option<IdpSettings>,
     pub cookie: CookieSettings,
     /// `signing_key`, checked: an EC P-256 key.
-    pub signing_key: Option<crate::auth::assertion::SigningKey>,
+    pub signing_key: Option<crate::config::keys::SigningKey>,
     pub metrics_address: Option<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,

@@ -1,0 +1,322 @@
+//! One route: `from`, `to`, the path matcher and rewrite, timeouts, TLS to the upstream,
+//! header edits, and its policy.
+
+use http::{HeaderName, HeaderValue};
+use serde_saphyr::Spanned;
+use std::time::Duration;
+
+use crate::config::error::Pos;
+use crate::config::raw::{RawConfig, RawRoute};
+use crate::policy::parse::{compile as compile_policy, PolicyInput};
+use crate::route::{FromMatch, PathMatch, Route};
+use crate::upstream::{Upstream, UpstreamClient, UpstreamTls};
+
+use super::{as_list, canonical_path, dur, pos, Ctx};
+
+/// A header-name → value map (`set_request_headers`, `jwt_claims_headers`), names checked.
+fn header_pairs(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    map: &Spanned<std::collections::BTreeMap<String, String>>,
+) -> Vec<(HeaderName, String)> {
+    let mut out = Vec::new();
+    for (k, v) in &map.value {
+        match HeaderName::from_bytes(k.as_bytes()) {
+            Ok(h) => out.push((h, v.clone())),
+            Err(_) => cx
+                .errs
+                .at(pos(map), format!("{key}: `{k}` is not a valid header name")),
+        }
+    }
+    out
+}
+
+pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<Route> {
+    let before = cx.errs.list.len();
+    let from = from_url(cx, &r.from);
+    let upstreams = to_urls(cx, r);
+
+    let matchers = [&r.prefix, &r.path, &r.regex]
+        .iter()
+        .filter(|m| m.is_some())
+        .count();
+    if matchers > 1 {
+        cx.errs.at(
+            rpos,
+            "a route takes at most one of `prefix`, `path` and `regex`",
+        );
+    }
+    let path = if let Some(p) = &r.prefix {
+        canonical_path(cx, "prefix", p).map(PathMatch::Prefix)
+    } else if let Some(p) = &r.path {
+        canonical_path(cx, "path", p).map(PathMatch::Exact)
+    } else if let Some(re) = &r.regex {
+        match regex::Regex::new(&format!("^(?:{})$", re.value)) {
+            Ok(x) => Some(PathMatch::Regex(x)),
+            Err(e) => {
+                cx.errs.at(pos(re), format!("regex: {e}"));
+                None
+            }
+        }
+    } else {
+        Some(PathMatch::Any)
+    };
+    let prefix_rewrite = r.prefix_rewrite.as_ref().and_then(|p| {
+        if p.value.starts_with('/') {
+            // The rewritten path must be normalized (`target::rewrite_prefix`): so must this.
+            canonical_path(cx, "prefix_rewrite", p)
+        } else {
+            cx.errs.at(pos(p), "prefix_rewrite must start with `/`");
+            None
+        }
+    });
+    let timeout = dur(cx, "timeout", r.timeout.as_ref(), Duration::from_secs(30));
+    let idle_timeout = dur(cx, "idle_timeout", r.idle_timeout.as_ref(), Duration::ZERO);
+
+    let tls_skip_verify = r.tls_skip_verify.as_ref().is_some_and(|b| b.value);
+    if let Some(b) = r.tls_skip_verify.as_ref().filter(|b| b.value) {
+        cx.warnings.push(format!(
+            "{}:{}:{}: tls_skip_verify: the upstream's certificate is not checked; anyone on the path can read and change this traffic",
+            cx.errs.source, pos(b).line, pos(b).col
+        ));
+    }
+    let custom_ca = r.tls_custom_ca.as_ref().and_then(|p| {
+        let pem = cx.read("tls_custom_ca", pos(p), &p.value)?;
+        match crate::tls::files::root_store(pem.as_bytes()) {
+            Ok(store) => Some(store),
+            Err(e) => {
+                cx.errs.at(pos(p), format!("tls_custom_ca: {e}"));
+                None
+            }
+        }
+    });
+    let server_name = r.tls_server_name.as_ref().and_then(|n| {
+        match rustls_pki_types::ServerName::try_from(n.value.clone()) {
+            Ok(sn) => Some(sn),
+            Err(_) => {
+                cx.errs.at(
+                    pos(n),
+                    format!("tls_server_name: `{}` is not a host name", n.value),
+                );
+                None
+            }
+        }
+    });
+
+    let mut set_request_headers = Vec::new();
+    if let Some(m) = &r.set_request_headers {
+        for (name, value) in header_pairs(cx, "set_request_headers", m) {
+            let folded = crate::http::hop::folded_name(&name);
+            if folded == http::header::HOST
+                || folded == http::header::CONTENT_LENGTH
+                || crate::http::hop::is_hop_by_hop(&folded)
+            {
+                // Written by Portcullis itself: a value here would be ignored or break framing.
+                cx.errs.at(
+                    pos(m),
+                    format!(
+                        "set_request_headers: `{name}` is Portcullis's to write (the upstream's \
+                         Host is the `to` URL's, or the client's with preserve_host_header; \
+                         framing and hop-by-hop headers belong to each connection)"
+                    ),
+                );
+                continue;
+            }
+            match HeaderValue::from_str(&value) {
+                Ok(v) => set_request_headers.push((name, v)),
+                Err(_) => cx.errs.at(
+                    pos(m),
+                    format!(
+                        "set_request_headers: the value of `{name}` is not a valid header value"
+                    ),
+                ),
+            }
+        }
+    }
+    let mut remove_request_headers = Vec::new();
+    if let Some(list) = &r.remove_request_headers {
+        for n in &list.value {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                // Folded: a client's copy under any spelling is removed.
+                Ok(h) => remove_request_headers.push(crate::http::hop::folded_name(&h)),
+                Err(_) => cx.errs.at(
+                    pos(list),
+                    format!("remove_request_headers: `{n}` is not a valid header name"),
+                ),
+            }
+        }
+    }
+    let jwt_claims_headers = match (&r.jwt_claims_headers, &raw.jwt_claims_headers) {
+        (Some(m), _) => header_pairs(cx, "jwt_claims_headers", m),
+        (None, Some(m)) => header_pairs(cx, "jwt_claims_headers", m),
+        (None, None) => Vec::new(),
+    };
+    let pass_identity_headers = r
+        .pass_identity_headers
+        .or(raw.pass_identity_headers.as_ref().map(|b| b.value))
+        .unwrap_or(false);
+
+    let input = PolicyInput {
+        policy: r.policy.as_ref(),
+        allowed_users: as_list(&r.allowed_users),
+
+        allowed_domains: as_list(&r.allowed_domains),
+        allowed_groups: as_list(&r.allowed_groups),
+        public: r
+            .allow_public_unauthenticated_access
+            .as_ref()
+            .map(|b| (b.value, pos(b))),
+        any_authenticated: r
+            .allow_any_authenticated_user
+            .as_ref()
+            .map(|b| (b.value, pos(b))),
+    };
+    let policy = compile_policy(&input, &mut cx.errs);
+
+    let client = match UpstreamClient::new(&UpstreamTls {
+        custom_ca,
+        server_name,
+        skip_verify: tls_skip_verify,
+    }) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.errs
+                .at(rpos, format!("cannot set up TLS to the upstream: {e}"));
+            None
+        }
+    };
+    if cx.errs.list.len() > before {
+        return None;
+    }
+    let (from, upstreams, path, client) = (from?, upstreams?, path?, client?);
+    let name = r.name.as_ref().map_or_else(
+        || format!("{}{}", from.origin_string(), path.describe()),
+        |n| n.value.clone(),
+    );
+    // What the route sets is the route's: a client's copy under any spelling is stripped.
+    let owned_headers = jwt_claims_headers
+        .iter()
+        .map(|(h, _)| h)
+        .chain(set_request_headers.iter().map(|(h, _)| h))
+        .map(crate::http::hop::folded_name)
+        .collect();
+    Some(Route {
+        name,
+        from,
+        path,
+        upstreams,
+        next: std::sync::atomic::AtomicUsize::new(0),
+        prefix_rewrite,
+        preserve_host_header: r.preserve_host_header.unwrap_or(false),
+        allow_websockets: r.allow_websockets.unwrap_or(false),
+        timeout: (!timeout.is_zero()).then_some(timeout),
+        idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+        set_request_headers,
+        remove_request_headers,
+        pass_identity_headers,
+        owned_headers,
+        jwt_claims_headers,
+        policy,
+        client,
+        line: rpos.line,
+        index: 0,
+    })
+}
+
+fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
+    let u = match url::Url::parse(&v.value) {
+        Ok(u) => u,
+        Err(e) => {
+            cx.errs.at(
+                pos(v),
+                format!(
+                    "from: `{}` is not a URL ({e}); write it as https://host.example.com",
+                    v.value
+                ),
+            );
+            return None;
+        }
+    };
+    let https = match u.scheme() {
+        "https" => true,
+        "http" => false,
+        s => {
+            cx.errs.at(
+                pos(v),
+                format!("from: scheme `{s}` is not served; use https://"),
+            );
+            return None;
+        }
+    };
+    let Some(host) = u.host_str().filter(|h| !h.is_empty()) else {
+        cx.errs.at(pos(v), "from: needs a host name");
+        return None;
+    };
+    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+        cx.errs.at(
+            pos(v),
+            "from: only scheme, host and port; match paths with `prefix`, `path` or `regex`",
+        );
+        return None;
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        cx.errs
+            .at(pos(v), "from: must not carry a user name or password");
+        return None;
+    }
+    Some(FromMatch {
+        https,
+        host: host.trim_end_matches('.').to_ascii_lowercase(),
+        port: u.port(),
+    })
+}
+
+fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
+    let list = r.to.value.to_vec();
+    if list.is_empty() {
+        cx.errs.at(pos(&r.to), "to: give at least one upstream URL");
+        return None;
+    }
+    let mut out = Vec::new();
+    for s in list {
+        let u = match url::Url::parse(&s) {
+            Ok(u) => u,
+            Err(e) => {
+                cx.errs
+                    .at(pos(&r.to), format!("to: `{s}` is not a URL ({e})"));
+                continue;
+            }
+        };
+        if u.scheme() != "http" && u.scheme() != "https" {
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: upstreams are http:// or https://"),
+            );
+            continue;
+        }
+        if u.host_str().is_none_or(str::is_empty)
+            || u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+        {
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: needs a host, and no query, fragment or user name"),
+            );
+            continue;
+        }
+        if crate::http::target::normalize_path(u.path()).as_deref() != Ok(u.path()) {
+            // Put in front of every forwarded path: it must not change how that path resolves.
+            cx.errs.at(
+                pos(&r.to),
+                format!("to: `{s}`: the path must be normalized (no `//`, `.` or `..` segments)"),
+            );
+            continue;
+        }
+        match Upstream::from_url(&u) {
+            Ok(up) => out.push(up),
+            Err(e) => cx.errs.at(pos(&r.to), format!("to: `{s}`: {e}")),
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
