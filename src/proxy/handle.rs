@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use super::error::{page, ProxyError};
 use super::headers::{self, Forwarding};
-use super::portal;
 use super::state::{ConnInfo, Shared};
+use super::{decide, portal};
 use super::{websocket, Body};
 use crate::auth::session::Session;
 use crate::auth::SetCookies;
 use crate::clock::now;
 use crate::http::target::{self, Target};
-use crate::policy::{self, Facts, Identity, Refusal};
+use crate::policy::{self, Facts, Identity};
 use crate::route::{PathMatch, Route};
 use crate::runtime::Runtime;
 use crate::upstream::{self, IdleBody, UpBody};
@@ -103,16 +103,6 @@ fn wants_json(h: &http::HeaderMap) -> bool {
         .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"))
 }
 
-/// A top-level browser navigation (which is sent to sign in rather than given a 401).
-fn is_navigation(req: &Request<Incoming>) -> bool {
-    let h = req.headers();
-    (req.method() == Method::GET || req.method() == Method::HEAD)
-        && h.get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/html"))
-        && h.get("sec-fetch-mode").is_none_or(|m| m == "navigate")
-}
-
 async fn inner<'r>(
     rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
@@ -189,34 +179,19 @@ async fn inner<'r>(
         path: &target.path,
         ip: Some(conn.peer.ip()),
     };
-    let permitted = match policy::authorize(&route.policy, identity, &facts) {
-        Ok(p) => {
-            cx.decision = "allow";
-            p
+    let asked = decide::Asked {
+        navigation: !websocket && decide::is_navigation(&req),
+        sign_in: rt.auth.oidc.is_some(),
+    };
+    let next = decide::decide(policy::authorize(&route.policy, identity, &facts), asked);
+    cx.decision = next.label();
+    let permitted = match next {
+        decide::Next::Forward(p) => p,
+        decide::Next::SignIn => {
+            let return_to = target.path_and_query(&target.path);
+            return portal::start_login(rt, route.from.https, target, return_to, &mut cx.cookies);
         }
-        Err(Refusal::Unauthenticated) => {
-            cx.decision = "unauthenticated";
-            if !websocket && is_navigation(&req) && rt.auth.oidc.is_some() {
-                let https = route.from.https;
-                return portal::start_login(
-                    rt,
-                    https,
-                    target,
-                    target.path_and_query(&target.path),
-                    &mut cx.cookies,
-                );
-            }
-            return Err(ProxyError::Unauthenticated);
-        }
-        Err(Refusal::Denied {
-            identity, reason, ..
-        }) => {
-            cx.decision = "deny";
-            return Err(ProxyError::Forbidden {
-                who: identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone())),
-                reason: reason.to_string(),
-            });
-        }
+        decide::Next::Refuse(e) => return Err(e),
     };
     if websocket {
         websocket::check(route, route.from.https, target, req.headers())?;

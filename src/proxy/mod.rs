@@ -1,5 +1,6 @@
 //! The request pipeline: target → route → session → policy → forward.
 
+pub mod decide;
 pub mod error;
 pub mod handle;
 pub mod headers;
