@@ -18,3 +18,6 @@ pub use client::{send, Destination, Error, Fields, UpstreamClient};
 pub use request::UpBody;
 pub use response::{IdleBody, UpResponseBody};
 pub use tls::{NoVerify, UpstreamTls};
+
+#[cfg(test)]
+mod tests;
