@@ -146,7 +146,7 @@ async function makeProvider({ issuer, redirectUris, postLogoutRedirectUris, idTo
   return provider;
 }
 
-/** The Rust echo upstream (examples/echo.rs). */
+/** The Rust echo upstream (tests/support/echo.rs, run by examples/echo.rs). */
 export async function startEcho(name = 'echo') {
   const child = spawn(ECHO, ['127.0.0.1:0', name], { stdio: ['ignore', 'pipe', 'inherit'] });
   const addr = await new Promise((resolve, reject) => {

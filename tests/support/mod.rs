@@ -18,7 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub use portcullis::config::MapEnv;
 
-#[path = "../../examples/echo.rs"]
 mod echo;
 #[allow(unused_imports)]
 pub use echo::{Echo, Seen};
