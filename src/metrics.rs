@@ -1,10 +1,16 @@
-//! Counters for the admin listener's `/metrics` (Prometheus text format). Labels are bounded:
-//! route names from the config, a fixed set of methods, status classes — never raw paths.
+//! Counters for the admin listener's `/metrics`, kept and written out with `prometheus-client`
+//! (OpenMetrics text: label values are escaped by it, so a route `name` with a quote or a newline
+//! cannot break the exposition). Labels are bounded: route names from the config, a fixed set of
+//! methods, status classes — never raw paths.
 
 use foldhash::HashMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::RwLock;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Latency histogram bucket bounds, seconds.
@@ -12,43 +18,87 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Holds one count of `portcullis_websockets_open`.
-pub struct WsGuard(std::sync::Arc<AtomicI64>);
-
-impl Drop for WsGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Default)]
-pub struct Metrics {
-    /// Per route name: counts by method and status class. A request takes a read lock and
-    /// bumps an atomic; only a route name seen for the first time takes the write lock.
-    requests: RwLock<HashMap<String, RouteCounts>>,
-    latency: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
-    decisions: [AtomicU64; 3],
-    upstream_errors: [AtomicU64; 2],
-    sign_ins: AtomicU64,
-    sign_in_failures: AtomicU64,
-    connections_refused: AtomicU64,
-    /// Open client connections, kept by the listener (`Tracker`).
-    connections_open: std::sync::Arc<AtomicI64>,
-    websockets: std::sync::Arc<AtomicI64>,
-    reloads: AtomicU64,
-    reload_failures: AtomicU64,
-    last_reload: AtomicU64,
-}
-
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const DECISIONS: [&str; 3] = ["allow", "deny", "unauthenticated"];
+const UPSTREAM_ERRORS: [&str; 2] = ["unavailable", "timeout"];
 
-/// `[method][status class 1..=5]` counters of one route.
-#[derive(Default)]
-struct RouteCounts([[AtomicU64; 5]; METHODS.len()]);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabel {
+    certificate: String,
+}
+
+/// Holds one count of `portcullis_websockets_open`.
+pub struct WsGuard(Gauge);
+
+impl Drop for WsGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One route's counters (by method and status class, each made at its first use so only seen
+/// combinations are written out) and its latency histogram: found by the route's name once,
+/// then bumped with no allocation.
+struct RouteHandles {
+    counts: [[OnceLock<Counter>; 5]; METHODS.len()],
+    duration: Histogram,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Per route name; a request takes the read lock, a name seen for the first time the
+    /// write lock.
+    routes: RwLock<HashMap<String, Arc<RouteHandles>>>,
+    decisions: [Counter; DECISIONS.len()],
+    upstream_errors: [Counter; UPSTREAM_ERRORS.len()],
+    sign_ins: Counter,
+    sign_in_failures: Counter,
+    connections_refused: Counter,
+    /// Open client connections, kept by the listener.
+    connections_open: Gauge,
+    websockets: Gauge,
+    reloads: Counter,
+    reload_failures: Counter,
+    last_reload: Gauge,
+    certificates: Family<CertLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
 
 fn method_index(m: &http::Method) -> usize {
     let l = method_label(m);
@@ -73,9 +123,124 @@ fn method_label(m: &http::Method) -> &'static str {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let m = Metrics::default();
-        m.last_reload.store(crate::clock::now(), Ordering::Relaxed);
-        m
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "portcullis_requests",
+            "Requests by route, method and status class",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "portcullis_request_duration_seconds",
+            "Time to answer, by route (headers sent, for proxied requests)",
+            durations.clone(),
+        );
+        let decision_family = Family::<DecisionLabel, Counter>::default();
+        registry.register(
+            "portcullis_policy_decisions",
+            "Policy decisions",
+            decision_family.clone(),
+        );
+        let decisions = DECISIONS
+            .map(|decision| decision_family.get_or_create_owned(&DecisionLabel { decision }));
+        let error_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "portcullis_upstream_errors",
+            "Upstream failures (unavailable: 502, timeout: 504)",
+            error_family.clone(),
+        );
+        let upstream_errors =
+            UPSTREAM_ERRORS.map(|kind| error_family.get_or_create_owned(&KindLabel { kind }));
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let sign_ins = counter(&mut registry, "portcullis_sign_ins", "Completed sign-ins");
+        let sign_in_failures = counter(
+            &mut registry,
+            "portcullis_sign_in_failures",
+            "Refused or failed sign-in callbacks",
+        );
+        let connections_refused = counter(
+            &mut registry,
+            "portcullis_connections_refused",
+            "Connections closed at accept because max_connections or max_connections_per_ip was reached",
+        );
+        let connections_open = gauge(
+            &mut registry,
+            "portcullis_connections_open",
+            "Open client connections",
+        );
+        let websockets = gauge(
+            &mut registry,
+            "portcullis_websockets_open",
+            "Open proxied WebSockets",
+        );
+        let reloads = counter(
+            &mut registry,
+            "portcullis_config_reloads",
+            "Config reloads that took effect",
+        );
+        let reload_failures = counter(
+            &mut registry,
+            "portcullis_config_reload_failures",
+            "Config reloads refused (the old config kept serving)",
+        );
+        let last_reload = gauge(
+            &mut registry,
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (unix time)",
+        );
+        last_reload.set(i64::try_from(crate::clock::now()).unwrap_or(i64::MAX));
+        let certificates = Family::<CertLabel, Gauge>::default();
+        registry.register(
+            "portcullis_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter, unix time)",
+            certificates.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            routes: RwLock::default(),
+            decisions,
+            upstream_errors,
+            sign_ins,
+            sign_in_failures,
+            connections_refused,
+            connections_open,
+            websockets,
+            reloads,
+            reload_failures,
+            last_reload,
+            certificates,
+        }
+    }
+
+    /// The handles of the route named `route`, made at its first request.
+    fn route(&self, route: &str) -> Option<Arc<RouteHandles>> {
+        if let Some(h) = self.routes.read().ok()?.get(route) {
+            return Some(h.clone());
+        }
+        let mut m = self.routes.write().ok()?;
+        let h = m.entry(route.to_string()).or_insert_with(|| {
+            Arc::new(RouteHandles {
+                counts: Default::default(),
+                duration: self.durations.get_or_create_owned(&RouteLabel {
+                    route: route.to_string(),
+                }),
+            })
+        });
+        Some(h.clone())
     }
 
     /// One finished request.
@@ -90,46 +255,30 @@ impl Metrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         let mi = method_index(method);
         let route = route.unwrap_or("-");
-        let counted = match self.requests.read() {
-            Ok(m) => m
-                .get(route)
-                .map(|c| c.0[mi][class].fetch_add(1, Ordering::Relaxed)),
-            Err(_) => Some(0),
-        };
-        if counted.is_none() {
-            if let Ok(mut m) = self.requests.write() {
-                m.entry(route.to_string()).or_default().0[mi][class]
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(h) = self.route(route) {
+            h.counts[mi][class]
+                .get_or_init(|| {
+                    self.requests.get_or_create_owned(&RequestLabels {
+                        route: route.to_string(),
+                        method: METHODS[mi],
+                        status: CLASSES[class],
+                    })
+                })
+                .inc();
+            h.duration.observe(took.as_secs_f64());
         }
-        // One bucket per request; `render` makes them cumulative.
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.latency[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        let d = match decision {
-            "allow" => Some(0),
-            "deny" => Some(1),
-            "unauthenticated" => Some(2),
-            _ => None,
-        };
-        if let Some(i) = d {
-            self.decisions[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = DECISIONS.iter().position(|d| *d == decision) {
+            self.decisions[i].inc();
         }
         match status {
-            502 => self.upstream_errors[0].fetch_add(1, Ordering::Relaxed),
-            504 => self.upstream_errors[1].fetch_add(1, Ordering::Relaxed),
+            502 => self.upstream_errors[0].inc(),
+            504 => self.upstream_errors[1].inc(),
             _ => 0,
         };
     }
 
     pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        self.connections_refused.inc();
     }
 
     pub fn sign_in(&self, ok: bool) {
@@ -138,148 +287,54 @@ impl Metrics {
         } else {
             &self.sign_in_failures
         }
-        .fetch_add(1, Ordering::Relaxed);
+        .inc();
     }
 
-    /// Counts one open WebSocket until the guard is dropped.
     /// The open-connections gauge, for the listener to keep.
-    pub fn connections_gauge(&self) -> std::sync::Arc<AtomicI64> {
+    pub fn connections_gauge(&self) -> Gauge {
         self.connections_open.clone()
     }
 
+    /// Counts one open WebSocket until the guard is dropped.
     pub fn websocket_guard(&self) -> WsGuard {
-        self.websockets.fetch_add(1, Ordering::Relaxed);
+        self.websockets.inc();
         WsGuard(self.websockets.clone())
     }
 
     pub fn reload(&self, ok: bool) {
         if ok {
-            self.reloads.fetch_add(1, Ordering::Relaxed);
+            self.reloads.inc();
             self.last_reload
-                .store(crate::clock::now(), Ordering::Relaxed);
+                .set(i64::try_from(crate::clock::now()).unwrap_or(i64::MAX));
         } else {
-            self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            self.reload_failures.inc();
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The certificates served now and when each expires (unix time): the ones listed
+    /// replace the ones before.
+    pub fn certificates<'a>(&self, expiry: impl Iterator<Item = (&'a str, i64)>) {
+        self.certificates.clear();
+        for (name, t) in expiry {
+            self.certificates
+                .get_or_create(&CertLabel {
+                    certificate: name.to_string(),
+                })
+                .set(t);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::with_capacity(4096);
-        let _ = writeln!(o, "# HELP portcullis_requests_total Requests by route, method and status class.\n# TYPE portcullis_requests_total counter");
-        if let Ok(m) = self.requests.read() {
-            let mut names: Vec<_> = m.keys().collect();
-            names.sort();
-            for name in names {
-                let counts = &m[name];
-                let route = name.replace('\\', "\\\\").replace('"', "\\\"");
-                for (mi, method) in METHODS.iter().enumerate() {
-                    for class in 0..5 {
-                        let n = counts.0[mi][class].load(Ordering::Relaxed);
-                        if n > 0 {
-                            let _ = writeln!(o, "portcullis_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{}xx\"}} {n}", class + 1);
-                        }
-                    }
-                }
-            }
-        }
-        let _ = writeln!(o, "# HELP portcullis_request_duration_seconds Time to answer (headers sent for proxied requests).\n# TYPE portcullis_request_duration_seconds histogram");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.latency[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                o,
-                "portcullis_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            o,
-            "portcullis_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            o,
-            "portcullis_request_duration_seconds_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "portcullis_request_duration_seconds_count {count}");
-        let _ = writeln!(o, "# HELP portcullis_policy_decisions_total Policy decisions.\n# TYPE portcullis_policy_decisions_total counter");
-        for (i, d) in ["allow", "deny", "unauthenticated"].iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "portcullis_policy_decisions_total{{decision=\"{d}\"}} {}",
-                self.decisions[i].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(o, "# HELP portcullis_upstream_errors_total Upstream failures (502 unreachable, 504 timeout).\n# TYPE portcullis_upstream_errors_total counter");
-        for (i, k) in ["unavailable", "timeout"].iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "portcullis_upstream_errors_total{{kind=\"{k}\"}} {}",
-                self.upstream_errors[i].load(Ordering::Relaxed)
-            );
-        }
-        let g = |o: &mut String, name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
-            &mut o,
-            "portcullis_sign_ins_total",
-            "Completed sign-ins.",
-            "counter",
-            self.sign_ins.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_sign_in_failures_total",
-            "Refused or failed sign-in callbacks.",
-            "counter",
-            self.sign_in_failures.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_connections_refused_total",
-            "Connections closed at accept because max_connections or max_connections_per_ip was reached.",
-            "counter",
-            self.connections_refused.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_connections_open",
-            "Open client connections.",
-            "gauge",
-            self.connections_open.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_websockets_open",
-            "Open proxied WebSockets.",
-            "gauge",
-            self.websockets.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_config_reloads_total",
-            "Config reloads that took effect.",
-            "counter",
-            self.reloads.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_config_reload_failures_total",
-            "Config reloads refused (the old config kept serving).",
-            "counter",
-            self.reload_failures.load(Ordering::Relaxed).to_string(),
-        );
-        g(
-            &mut o,
-            "portcullis_config_last_reload_success_timestamp_seconds",
-            "When the running config was loaded (unix time).",
-            "gauge",
-            self.last_reload.load(Ordering::Relaxed).to_string(),
-        );
+        let mut o = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut o, &self.registry);
         o
     }
 }
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -321,16 +376,56 @@ mod tests {
             "portcullis_requests_total{route=\"app\",method=\"GET\",status=\"2xx\"} 2",
             "portcullis_requests_total{route=\"app\",method=\"other\",status=\"4xx\"} 1",
             "portcullis_requests_total{route=\"-\",method=\"POST\",status=\"5xx\"} 1",
-            "portcullis_request_duration_seconds_bucket{le=\"0.001\"} 1",
-            "portcullis_request_duration_seconds_bucket{le=\"0.005\"} 2",
-            "portcullis_request_duration_seconds_bucket{le=\"0.05\"} 3",
-            "portcullis_request_duration_seconds_bucket{le=\"10\"} 3",
-            "portcullis_request_duration_seconds_bucket{le=\"+Inf\"} 4",
-            "portcullis_request_duration_seconds_count 4",
+            "portcullis_request_duration_seconds_bucket{le=\"0.001\",route=\"app\"} 1",
+            "portcullis_request_duration_seconds_bucket{le=\"0.005\",route=\"-\"} 1",
+            "portcullis_request_duration_seconds_bucket{le=\"0.05\",route=\"app\"} 2",
+            "portcullis_request_duration_seconds_bucket{le=\"10.0\",route=\"app\"} 2",
+            "portcullis_request_duration_seconds_bucket{le=\"+Inf\",route=\"app\"} 3",
+            "portcullis_request_duration_seconds_count{route=\"app\"} 3",
             "portcullis_policy_decisions_total{decision=\"deny\"} 1",
             "portcullis_upstream_errors_total{kind=\"unavailable\"} 1",
         ] {
             assert!(t.contains(line), "missing {line}\n{t}");
         }
+    }
+
+    #[test]
+    fn a_route_name_with_quotes_or_newlines_cannot_break_the_exposition() {
+        let m = Metrics::new();
+        m.request(
+            Some("evil\"} 1\nportcullis_sign_ins_total 99\n"),
+            &http::Method::GET,
+            200,
+            Duration::from_millis(1),
+            "allow",
+        );
+        let t = m.render();
+        assert!(t.contains("portcullis_sign_ins_total 0"), "{t}");
+        assert!(
+            !t.lines()
+                .any(|l| l.starts_with("portcullis_sign_ins_total 99")),
+            "{t}"
+        );
+        // Every sample line is one name, its labels and a number.
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let value = l.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+        assert!(t.ends_with("# EOF\n"), "{t}");
+    }
+
+    #[test]
+    fn certificates_listed_replace_the_ones_before() {
+        let m = Metrics::new();
+        m.certificates([("a.test", 100), ("b.test", 200)].into_iter());
+        m.certificates([("b.test", 300)].into_iter());
+        let t = m.render();
+        assert!(
+            t.contains(
+                "portcullis_certificate_expiry_timestamp_seconds{certificate=\"b.test\"} 300"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("a.test"), "{t}");
     }
 }

@@ -36,20 +36,24 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let mut text = shared.metrics.render();
             let rt = shared.runtime.load();
-            if let Some(certs) = &rt.certs {
-                use std::fmt::Write;
-                let _ = writeln!(text, "# HELP portcullis_certificate_expiry_timestamp_seconds When each served certificate expires (notAfter, unix time).\n# TYPE portcullis_certificate_expiry_timestamp_seconds gauge");
-                for (name, t) in certs.expiry.iter().chain(shared.acme.expiry().iter()) {
-                    let name = name.replace('\\', "\\\\").replace('"', "\\\"");
-                    let _ = writeln!(text, "portcullis_certificate_expiry_timestamp_seconds{{certificate=\"{name}\"}} {t}");
-                }
-            }
+            let acme = shared.acme.expiry();
+            let files = rt
+                .certs
+                .as_ref()
+                .map(|c| c.expiry.as_slice())
+                .unwrap_or(&[]);
+            shared.metrics.certificates(
+                files
+                    .iter()
+                    .chain(acme.iter())
+                    .map(|(name, t)| (name.as_str(), *t)),
+            );
+            let text = shared.metrics.render();
             let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             r
         }

@@ -86,7 +86,7 @@ struct Tracker {
     idle: Notify,
     per_ip: std::sync::Mutex<HashMap<IpAddr, usize>>,
     /// `portcullis_connections_open`.
-    gauge: Arc<std::sync::atomic::AtomicI64>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct Live(Arc<Tracker>, IpAddr);
@@ -106,7 +106,7 @@ impl Tracker {
         }
         *n += 1;
         self.live.fetch_add(1, Ordering::AcqRel);
-        self.gauge.fetch_add(1, Ordering::Relaxed);
+        self.gauge.inc();
         Some(Live(self.clone(), ip))
     }
 }
@@ -122,7 +122,7 @@ impl Drop for Live {
                 }
             }
         }
-        self.0.gauge.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.dec();
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }

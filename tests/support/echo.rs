@@ -263,4 +263,3 @@ async fn echo(
     }
     Ok(r)
 }
-
