@@ -201,8 +201,23 @@ pub struct Refreshes {
 }
 
 impl Refreshes {
-    /// Refreshes `s` (once across concurrent callers); `None` means sign in again.
+    /// Refreshes `s` (once across concurrent callers); `None` means sign in again. A result
+    /// kept from an earlier refresh whose ID token has expired since (an open WebSocket went on
+    /// refreshing the session) is followed to the refresh after it, so a request carrying an
+    /// old cookie gets the latest word of the IdP, a refusal included.
     pub async fn refresh(&self, oidc: &Arc<Oidc>, s: &Session) -> Option<SignedIn> {
+        let mut fresh = self.refresh_once(oidc, s).await?;
+        // Bounded: each step is a later ID token of the same session.
+        for _ in 0..8 {
+            if fresh.session.id_token_exp > now() || fresh.session.refresh_token.is_none() {
+                return Some(fresh);
+            }
+            fresh = self.refresh_once(oidc, &fresh.session).await?;
+        }
+        None
+    }
+
+    async fn refresh_once(&self, oidc: &Arc<Oidc>, s: &Session) -> Option<SignedIn> {
         let cell = {
             let Ok(mut m) = self.map.lock() else {
                 return None;

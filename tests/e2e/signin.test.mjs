@@ -548,6 +548,12 @@ describe('sign-in with OpenID Connect', () => {
         closed = await page.evaluate(() => window.wsClosed);
       }
       assert.deepEqual(closed, { code: 1008, reason: 'session expired: sign in again' });
+      // A request of the disabled user's is sent to sign in again, its cookies cleared.
+      const again = await request(s.port, 'app.test', '/later', { headers: { cookie: await cookieHeader(context, s.app), accept: 'text/html' } });
+      assert.equal(again.status, 302, again.body);
+      assert.ok(again.headers.location.startsWith(`http://127.0.0.1:${s.idpPort}/auth?`), again.headers.location);
+      const cleared = [again.headers['set-cookie']].flat().filter(Boolean);
+      assert.ok(cleared.some((c) => c.startsWith('__Host-_portcullis=;') && c.includes('Max-Age=0')), String(cleared));
       await context.close();
     } finally {
       DISABLED.delete('alice');
@@ -576,6 +582,61 @@ describe('sign-in with OpenID Connect', () => {
       assert.ok(shown[1].includes('</p><img/src=x/onerror=alert(2)>'), shown[1]);
       assert.ok(shown[1].includes('"><svg/onload=alert(3)>'), shown[1]);
       assert.deepEqual(dialogs, []);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+  test('a callback without its state is refused, and the same callback with it completes', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      let callback;
+      page.on('request', (r) => { if (!callback && new URL(r.url()).pathname === '/.portcullis/callback') callback = r.url(); });
+      await page.goto(`${s.app}/kept`, { waitUntil: 'domcontentloaded' });
+      // The login cookie is kept aside while the IdP sends the browser back, so the code is
+      // not redeemed then.
+      const login = (await context.cookies(s.app)).find((c) => c.name.includes('_csrf_'));
+      await context.clearCookies({ name: login.name });
+      await idpLogin(page, 'alice');
+      assert.ok(callback, 'the callback was seen');
+      await context.addCookies([login]);
+      const withoutState = new URL(callback);
+      withoutState.searchParams.delete('state');
+      const refused = await page.goto(withoutState.toString(), { waitUntil: 'domcontentloaded' });
+      assert.equal(refused.status(), 400);
+      assert.equal((await context.cookies(s.app)).some((c) => c.name === '__Host-_portcullis'), false);
+      // The control: the login cookie and the code were good.
+      await context.addCookies([login]);
+      await page.goto(callback, { waitUntil: 'domcontentloaded' });
+      assert.equal(page.url(), `${s.app}/kept`);
+      await context.close();
+    } finally {
+      await s.proxy.stop();
+      await s.idp.close();
+    }
+  });
+
+  test('sign_in?redirect_uri= comes back only to a path on this host', async () => {
+    const s = await setup();
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      // Signed in at the IdP once: each sign-in below goes there and straight back.
+      await signIn(context, `${s.app}/`, 'alice');
+      const page = await context.newPage();
+      const land = async (to) => {
+        await page.goto(`${s.app}/.portcullis/sign_in?redirect_uri=${encodeURIComponent(to)}`, { waitUntil: 'domcontentloaded' });
+        return page.url();
+      };
+      assert.equal(await land('/ok?x=1'), `${s.app}/ok?x=1`, 'the control: a path on this host');
+      for (const evil of [
+        '//evil.test/x', '/\\evil.test', 'https:evil.test', 'https://evil.test/', 'http://evil.test',
+        '/%2F%2Fevil.test', '/%5Cevil.test', 'javascript:alert(1)', ' //evil.test', '/a\r\nLocation: https://evil.test',
+      ]) {
+        assert.equal(await land(evil), `${s.app}/`, `redirect_uri=${JSON.stringify(evil)}`);
+      }
       await context.close();
     } finally {
       await s.proxy.stop();
