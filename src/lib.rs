@@ -22,14 +22,14 @@ pub(crate) mod workers;
 pub mod config;
 pub mod policy;
 // The upstream client, then routes.
-pub mod upstream;
 pub(crate) mod route;
+pub mod upstream;
 // Certificates and sign-in.
 pub mod auth;
 pub mod tls;
 // The running config, counters, the request path, listeners, the command line.
+pub mod cli;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
-pub mod cli;

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
 
 /// jemalloc: ~10% less CPU per proxied request than glibc's allocator (whose consolidation of
 /// hyper's 8 KiB read buffers showed in profiles), at about the same idle and per-WebSocket
-/// memory (bench/README.md). On by default (feature `jemalloc`).
+/// memory (docs/performance.md). On by default (feature `jemalloc`).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -4,7 +4,7 @@
 //! A connection's work — TLS, HTTP, the upstream exchange, the response — then stays on one
 //! thread: no work stealing and no wake-ups across threads on the request path. Measured on
 //! the 2-core bench machine, tokio's shared multi-threaded scheduler cost about a fifth more
-//! CPU per proxied request than one thread alone (bench/README.md). Each worker accepts its
+//! CPU per proxied request than one thread alone (docs/performance.md). Each worker accepts its
 //! own connections from a socket of its own on the shared port (`listener::bind`); where
 //! there is only one socket, the main runtime accepts and deals connections round-robin.
 //! Reloads, ACME and the admin port stay on the main runtime. A connection never moves

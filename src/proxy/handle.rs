@@ -142,7 +142,7 @@ async fn inner<'r>(
     }
     if crate::paths::is_own(&target.path) {
         // Boxed, as every path taken rarely here: a future is as large as its largest await,
-        // and the request future is moved whole into its connection (bench/README.md).
+        // and the request future is moved whole into its connection (docs/performance.md).
         return Box::pin(portal::serve(
             rt,
             shared,

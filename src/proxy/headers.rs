@@ -95,7 +95,7 @@ pub struct Forwarding<'a> {
 /// The headers an upstream gets: the client's, less what must not pass, then what the proxy
 /// sets. Only [`request_headers`] makes one. The client's map is kept as it came and read
 /// through [`UpstreamHeaders::iter`] while the request head is written: no second map is
-/// built per request (eight inserts and a table growth, bench/README.md).
+/// built per request (eight inserts and a table growth, docs/performance.md).
 pub struct UpstreamHeaders<'a> {
     client: HeaderMap,
     hop: HopByHop,

@@ -166,7 +166,7 @@ pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, route: String, mut e
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
     let why = tokio::select! {
-        // Buffers only while bytes move: an idle socket holds none (bench/README.md).
+        // Buffers only while bytes move: an idle socket holds none (docs/performance.md).
         r = super::relay::relay(&mut c, &mut u) => {
             match r {
                 Ok((up, down)) => tracing::debug!(%route, up, down, "websocket closed"),

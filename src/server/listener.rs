@@ -158,7 +158,7 @@ pub struct Listeners {
 /// address, another Portcullis's shared sockets included, so two instances never split one
 /// port between them. Only then are the `n` shared sockets bound, on the port it got. Each
 /// worker accepting from a socket of its own costs about a third less CPU per new TLS
-/// connection than one accept loop handing sockets to the workers (bench/README.md), and the
+/// connection than one accept loop handing sockets to the workers (docs/performance.md), and the
 /// kernel spreads connections over the sockets by their addresses, so a burst of new
 /// connections is shared out rather than taken by whichever worker wakes first.
 pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Listeners> {
@@ -423,7 +423,7 @@ async fn serve_http<I>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         // One buffer per response, so headers and a small body leave in one TLS record and
-        // one write (bench/README.md).
+        // one write (docs/performance.md).
         .writev(false)
         .keep_alive(true);
     builder

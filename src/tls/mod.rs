@@ -136,7 +136,7 @@ pub fn resolver(
 pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, String> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     // AES-128-GCM first: its SHA-256 key schedule costs half of AES-256's SHA-384 in a full
-    // handshake (bench/README.md), and every suite offered is strong. Applied in this order
+    // handshake (docs/performance.md), and every suite offered is strong. Applied in this order
     // whatever the client prefers (`ignore_client_order`).
     provider.cipher_suites.sort_by_key(|s| match s.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,

@@ -33,7 +33,7 @@ use super::tls::*;
 /// A request drives its upstream connection itself — writing the request, reading the
 /// response head, then reading the body as the downstream connection asks for it — with the
 /// framing done by `h1`: no task per connection and no channel between the request and its
-/// connection (bench/README.md). The connection goes back to the pool when the response has
+/// connection (docs/performance.md). The connection goes back to the pool when the response has
 /// ended where its framing said and the request was sent whole. WebSocket upgrades get a fresh
 /// connection run by hyper's client in a task of its own.
 pub struct UpstreamClient {

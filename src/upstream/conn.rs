@@ -69,7 +69,7 @@ pub(super) struct UpConn {
     pub(super) room: usize,
     /// The route's deadline for the response head, kept with the connection: each request
     /// moves it later (`Sleep::reset` to a later instant does not touch the timer wheel),
-    /// where a timer per request would be registered and removed again (bench/README.md).
+    /// where a timer per request would be registered and removed again (docs/performance.md).
     /// While the connection waits in the pool it keeps the last request's waker until it is
     /// moved again or fires (one needless wake-up, at most the route's timeout later).
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
