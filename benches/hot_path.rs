@@ -46,6 +46,13 @@ fn policy_100() -> portcullis::policy::Policy {
     c.routes.remove(0).policy
 }
 
+fn shadow_policy() -> portcullis::policy::Policy {
+    let yaml = "insecure_server: true\nroutes:\n  - from: https://a.test\n    to: http://b:1\n    policy:\n      - allow:\n          and:\n            - domain: { is: example.com }\n            - groups: { has: openclaw-admins }\n        deny:\n          or:\n            - http_path: { starts_with: /admin }\n            - http_method: { in: [DELETE, PUT] }\n            - email: { ends_with: .contractor@example.com }\n";
+    let mut c = config::load_str(yaml, "bench.yaml", Path::new("."), &MapEnv::default())
+        .expect("bench config");
+    c.routes.remove(0).policy
+}
+
 struct NoneRevoked;
 impl RevocationStore for NoneRevoked {
     fn revoke(&self, _: &[u8; 16], _: u64) -> Result<(), String> {
@@ -77,6 +84,16 @@ fn benches(c: &mut Criterion) {
     };
     c.bench_function("policy decision, 100 criteria, match last", |b| {
         b.iter(|| evaluate(black_box(&policy), Some(black_box(&id)), black_box(&facts)))
+    });
+    // A shadow policy as ops write one to tighten a route: a few criteria. Its cost is what
+    // the request path pays beside the decision (compared in docs/performance.md).
+    let shadow = shadow_policy();
+    c.bench_function("shadow policy beside the decision (5 criteria)", |b| {
+        b.iter(|| {
+            let d = evaluate(black_box(&policy), Some(black_box(&id)), black_box(&facts));
+            let s = evaluate(black_box(&shadow), Some(black_box(&id)), black_box(&facts));
+            black_box(d.outcome != s.outcome)
+        })
     });
 
     let key = CookieKey::new(&[7u8; 32]).expect("key");

@@ -3,10 +3,10 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use crate::config::{self, Env, ProcessEnv};
-use crate::policy::{self, identity::normalize_email, ClaimValue, Facts, Identity, Outcome};
+use crate::explain::{decide, Answer, Request, Who};
+use crate::policy::{ClaimValue, Outcome};
 use crate::runtime::Runtime;
 
 #[derive(Parser, Debug)]
@@ -43,8 +43,8 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
     /// The request URL, such as https://openclaw.example.com/admin
-    #[arg(long)]
-    pub url: String,
+    #[arg(long, required_unless_present = "diff")]
+    pub url: Option<String>,
     /// Signed-in user's email; without it the request is anonymous.
     #[arg(long)]
     pub email: Option<String>,
@@ -65,6 +65,10 @@ pub struct ExplainArgs {
     /// Treat the email as unverified (`email_verified: false`).
     #[arg(long)]
     pub unverified: bool,
+    /// Compare two configs: print each decision that changes between them (their tests, and
+    /// requests made from what their policies name); exit 0 when none does, 2 when some do.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "url")]
+    pub diff: Option<Vec<PathBuf>>,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -105,6 +109,10 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::Explain(args)) => {
+            if args.diff.is_some() {
+                // The two configs are named by --diff; --config is not needed.
+                return explain(Path::new(""), &ProcessEnv, &args);
+            }
             let Some(path) = config_path(&cli.config) else {
                 return ExitCode::from(1);
             };
@@ -138,21 +146,10 @@ pub fn explain_text(
 ) -> Result<(String, Outcome), String> {
     let compiled = config::load(path, env).map_err(|e| e.to_string())?;
     let routes = crate::route::RouteTable::new(compiled.routes);
-    let url = url::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
-    let host = url
-        .host_str()
-        .ok_or("--url needs a host")?
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let target_path = crate::http::target::normalize_path(url.path())
-        .map_err(|e| format!("--url: {e} (Portcullis answers 400)"))?;
-    let method = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("--method: `{}` is not an HTTP method", args.method))?;
-    let identity = match &args.email {
-        None => None,
-        Some(e) => {
-            let email = normalize_email(e)
-                .ok_or_else(|| format!("--email: `{e}` is not a plain email address"))?;
+    let url = args.url.as_deref().ok_or("--url is needed")?;
+    let who = match (&args.email, &args.user) {
+        (None, None) => None,
+        _ => {
             let mut claims = std::collections::BTreeMap::new();
             for c in &args.claim {
                 let (k, v) = c
@@ -165,64 +162,103 @@ pub fn explain_text(
                 };
                 claims.insert(k.to_string(), v);
             }
-            Some(Arc::new(Identity {
-                iss: String::new(),
-                sub: args.user.clone().unwrap_or_else(|| email.clone()),
-                email: Some(email),
-                email_verified: Some(!args.unverified),
+            Some(Who {
+                email: args.email.clone(),
+                verified: !args.unverified,
+                user: args.user.clone(),
                 groups: args.groups.clone(),
                 claims,
-                ..Default::default()
-            }))
+            })
         }
     };
-    let Some(route) = routes.find(&host, url.port(), &target_path) else {
+    let req = Request::new(url, &args.method, args.ip, who).map_err(|e| format!("--url: {e}"))?;
+    let v = decide(&routes, &req);
+    let source = path.display().to_string();
+    let Some((name, line)) = &v.route else {
         return Ok((
-            format!("deny\tno route matches {host}{target_path}: Portcullis answers 404"),
+            format!(
+                "deny\tno route matches {}{}: Portcullis answers 404",
+                req.host, req.path
+            ),
             Outcome::Deny,
         ));
     };
-    let facts = Facts {
-        method: &method,
-        path: &target_path,
-        ip: args.ip,
-    };
-    let d = policy::evaluate(&route.policy, identity.as_deref(), &facts);
-    let word = if d.outcome == Outcome::Allow {
-        "allow"
-    } else {
-        "deny"
-    };
-    let rule = match d.rule {
-        Some(r) => format!(
-            "{} at {}:{}:{}",
-            r.key,
-            path.display(),
-            r.pos.line,
-            r.pos.col
-        ),
+    let rule = match &v.rule {
+        Some(r) => format!("{} at {source}:{}:{}", r.key, r.pos.line, r.pos.col),
         None => "no rule".to_string(),
     };
-    let note = match d.outcome {
-        Outcome::Unauthenticated => {
-            " (anonymous: a browser is sent to sign in, other clients get 401)"
-        }
-        Outcome::Deny => " (403)",
-        Outcome::Allow => "",
+    let (word, outcome, note) = match v.answer {
+        Answer::Allow => ("allow", Outcome::Allow, ""),
+        Answer::Deny => ("deny", Outcome::Deny, " (403)"),
+        Answer::SignIn => (
+            "deny",
+            Outcome::Unauthenticated,
+            " (anonymous: a browser is sent to sign in, other clients get 401)",
+        ),
     };
     Ok((
         format!(
-            "{word}\troute `{}` at {}:{}\n\tdecided by: {rule}\n\treason: {}{note}",
-            route.name,
-            path.display(),
-            route.line,
-            d.reason
+            "{word}\troute `{name}` at {source}:{line}\n\tdecided by: {rule}\n\treason: {}{note}",
+            v.reason
         ),
-        d.outcome,
+        outcome,
     ))
 }
 
+/// `explain --diff OLD NEW`: every decision that differs between the two configs, one line
+/// each (`URL as WHO: OLD → NEW`), over both configs' tests and the requests their policies
+/// name (`crate::explain::probes`). Returns the lines; an error for a config that does not load.
+pub fn diff_text(old: &Path, new: &Path, env: &dyn Env) -> Result<Vec<String>, String> {
+    let load = |p: &Path| -> Result<(crate::route::RouteTable, Vec<crate::explain::Case>), String> {
+        let c = config::load(p, env).map_err(|e| e.to_string())?;
+        Ok((crate::route::RouteTable::new(c.routes), c.tests))
+    };
+    let (a, a_tests) = load(old)?;
+    let (b, b_tests) = load(new)?;
+    let mut requests: Vec<Request> = a_tests
+        .iter()
+        .chain(&b_tests)
+        .map(|c| c.request.clone())
+        .collect();
+    requests.extend(crate::explain::probes(&a));
+    requests.extend(crate::explain::probes(&b));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lines = Vec::new();
+    for r in requests {
+        let key = format!("{} {} as {}", r.method, r.url, r.who());
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let (va, vb) = (decide(&a, &r), decide(&b, &r));
+        if va.answer != vb.answer {
+            lines.push(format!(
+                "{key}: {} → {}\t(old: {}; new: {})",
+                va.answer.word(),
+                vb.answer.word(),
+                va.describe(&old.display().to_string()),
+                vb.describe(&new.display().to_string()),
+            ));
+        }
+    }
+    Ok(lines)
+}
+
 fn explain(path: &Path, env: &dyn Env, args: &ExplainArgs) -> ExitCode {
+    if let Some(d) = &args.diff {
+        return match diff_text(&d[0], &d[1], env) {
+            Ok(lines) if lines.is_empty() => ExitCode::SUCCESS,
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match explain_text(path, env, args) {
         Ok((text, outcome)) => {
             println!("{text}");

@@ -23,6 +23,8 @@ pub mod config;
 pub mod policy;
 // The upstream client, then routes.
 pub(crate) mod route;
+// What the policy decides for a request described in words (explain, the config's tests).
+pub mod explain;
 pub mod upstream;
 // Certificates and sign-in.
 pub mod auth;

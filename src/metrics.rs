@@ -48,6 +48,13 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    route: String,
+    enforced: &'static str,
+    shadow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabel {
     certificate: String,
 }
@@ -92,6 +99,7 @@ pub struct Metrics {
     reload_failures: Counter,
     last_reload: Gauge,
     certificates: Family<CertLabel, Gauge>,
+    shadow: Family<ShadowLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -207,8 +215,15 @@ impl Metrics {
             "When each served certificate expires (notAfter, unix time)",
             certificates.clone(),
         );
+        let shadow = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "portcullis_shadow_policy_disagreements",
+            "Requests the route's shadow_policy decided otherwise than its policy",
+            shadow.clone(),
+        );
         Metrics {
             registry,
+            shadow,
             requests,
             durations,
             routes: RwLock::default(),
@@ -309,6 +324,18 @@ impl Metrics {
         } else {
             self.reload_failures.inc();
         }
+    }
+
+    /// A request the route's shadow policy decided otherwise than its policy (`allow`, `deny`,
+    /// `unauthenticated` each).
+    pub fn shadow_disagreement(&self, route: &str, enforced: &'static str, shadow: &'static str) {
+        self.shadow
+            .get_or_create(&ShadowLabels {
+                route: route.to_string(),
+                enforced,
+                shadow,
+            })
+            .inc();
     }
 
     /// The certificates served now and when each expires (unix time): the ones listed

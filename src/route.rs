@@ -91,6 +91,9 @@ pub struct Route {
     /// client copies under any spelling that folds the same are stripped.
     pub owned_headers: Vec<http::HeaderName>,
     pub policy: Policy,
+    /// `shadow_policy`: decided beside `policy` on every request and never enforced; where the
+    /// two disagree it is logged and counted.
+    pub shadow: Option<Policy>,
     pub client: UpstreamClient,
     /// Line of the route in the config file.
     pub line: u32,

@@ -42,8 +42,19 @@ impl Runtime {
             routes,
             mut warnings,
             files,
+            tests,
         } = compiled;
         let routes = RouteTable::new(routes);
+        // The config's own tests: a config that fails them is refused like a syntax error.
+        let failed = crate::explain::run_tests(&routes, &tests, source);
+        if !failed.is_empty() {
+            return Err(ConfigErrors(
+                failed
+                    .into_iter()
+                    .map(|f| ConfigError::new(source, f.pos, f.message))
+                    .collect(),
+            ));
+        }
         let certs = if settings.insecure_server {
             None
         } else {

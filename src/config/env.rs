@@ -74,7 +74,7 @@ macro_rules! overrides {
 
 /// Applies every `PORTCULLIS_<KEY>` that is set; returns the keys that came from the
 /// environment (so later errors about them name the variable, not a file position).
-/// `routes` cannot be set this way.
+/// `routes` and `tests` cannot be set this way.
 pub fn apply(
     raw: &mut RawConfig,
     env: &dyn Env,
@@ -90,12 +90,15 @@ pub fn apply(
                   hsts_max_age, data_dir];
         typed: [insecure_server, autocert, autocert_use_staging, idp_scopes, jwt_claims_headers,
                 pass_identity_headers, max_connections, max_connections_per_ip]);
-    if env.var("PORTCULLIS_ROUTES").is_some() {
-        errs.push(ConfigError::new(
-            "env PORTCULLIS_ROUTES",
-            Pos::default(),
-            "routes can only be set in the config file",
-        ));
+    for key in ["routes", "tests"] {
+        let name = env_name(key);
+        if env.var(&name).is_some() {
+            errs.push(ConfigError::new(
+                &format!("env {name}"),
+                Pos::default(),
+                format!("{key} can only be set in the config file"),
+            ));
+        }
     }
     set
 }

@@ -72,6 +72,23 @@ pub struct RawConfig {
     pub hsts_max_age: Option<S<String>>,
     pub data_dir: Option<S<String>>,
     pub routes: Option<Vec<S<RawRoute>>>,
+    /// What must stay true of the policies: checked by `check` and before every reload.
+    pub tests: Option<Vec<S<RawTestCase>>>,
+}
+
+/// One policy test: a request, and what Portcullis must decide for it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestCase {
+    pub name: Option<S<String>>,
+    pub url: S<String>,
+    pub email: Option<S<String>>,
+    pub groups: Option<S<Vec<String>>>,
+    pub claims: Option<S<BTreeMap<String, OneOrMany>>>,
+    pub user: Option<S<String>>,
+    pub method: Option<S<String>>,
+    pub ip: Option<S<String>>,
+    pub expect: S<String>,
 }
 
 /// One route, with Pomerium's key names.
@@ -100,6 +117,8 @@ pub struct RawRoute {
     pub allow_public_unauthenticated_access: Option<S<bool>>,
     pub allow_any_authenticated_user: Option<S<bool>>,
     pub policy: Option<Node>,
+    /// A second policy tried beside `policy` on every request and never enforced.
+    pub shadow_policy: Option<Node>,
     pub allowed_users: Option<S<Vec<String>>>,
     pub allowed_domains: Option<S<Vec<String>>>,
     pub allowed_groups: Option<S<Vec<String>>>,

@@ -161,7 +161,9 @@ async fn inner<'r>(
 
     let websocket = crate::http::hop::is_websocket_upgrade(req.method(), req.headers());
     // Public routes never look at sessions (and never pay for them).
-    let session = if route.policy.uses_identity {
+    let uses_identity =
+        route.policy.uses_identity || route.shadow.as_ref().is_some_and(|s| s.uses_identity);
+    let session = if uses_identity {
         session(rt, shared, target, &req, &mut cx.cookies).await
     } else {
         None
@@ -183,7 +185,15 @@ async fn inner<'r>(
         navigation: !websocket && decide::is_navigation(&req),
         sign_in: rt.auth.oidc.is_some(),
     };
-    let next = decide::decide(policy::authorize(&route.policy, identity, &facts), asked);
+    let shadow = route
+        .shadow
+        .as_ref()
+        .map(|p| policy::evaluate(p, identity.as_deref(), &facts));
+    let verdict = policy::authorize(&route.policy, identity, &facts);
+    if let Some(shadow) = shadow {
+        shadow_compare(shared, route, &verdict, &shadow, &facts, cx.user.as_deref());
+    }
+    let next = decide::decide(verdict, asked);
     cx.decision = next.label();
     let permitted = match next {
         decide::Next::Forward(p) => p,
@@ -270,6 +280,52 @@ async fn inner<'r>(
         _ => rbody.map_err(Into::into).boxed(),
     };
     Ok(Response::from_parts(rparts, body))
+}
+
+/// Counts (and logs, once per user and route per minute) a request the route's shadow policy
+/// decides otherwise than its policy. Never changes what the request gets.
+fn shadow_compare(
+    shared: &Shared,
+    route: &Route,
+    enforced: &Result<policy::eval::Permitted, policy::Refusal>,
+    shadow: &policy::Decision<'_>,
+    facts: &Facts<'_>,
+    user: Option<&Identity>,
+) {
+    let (word, rule) = match enforced {
+        Ok(p) => ("allow", p.rule.as_ref()),
+        Err(policy::Refusal::Unauthenticated) => ("unauthenticated", None),
+        Err(policy::Refusal::Denied { rule, .. }) => ("deny", rule.as_ref()),
+    };
+    let shadow_word = match shadow.outcome {
+        policy::Outcome::Allow => "allow",
+        policy::Outcome::Deny => "deny",
+        policy::Outcome::Unauthenticated => "unauthenticated",
+    };
+    if word == shadow_word {
+        return;
+    }
+    shared
+        .metrics
+        .shadow_disagreement(&route.name, word, shadow_word);
+    let who = user.map_or("-", |i| i.email.as_deref().unwrap_or(&i.sub));
+    if shared.shadow_log.due(route.index, who, now()) {
+        let at = |r: Option<&policy::RuleOrigin>| {
+            r.map_or("no rule".to_string(), |r| {
+                format!("{} at line {}:{}", r.key, r.pos.line, r.pos.col)
+            })
+        };
+        tracing::info!(
+            route = %route.name,
+            user = who,
+            path = facts.path,
+            enforced = word,
+            enforced_rule = at(rule),
+            shadow = shadow_word,
+            shadow_rule = at(shadow.rule),
+            "shadow policy disagrees"
+        );
+    }
 }
 
 /// The request's session, refreshed first when its ID token has expired (the new cookie is

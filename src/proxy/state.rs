@@ -45,6 +45,36 @@ pub struct Shared {
     /// Session ids as they sign out: open WebSockets of that session close at once.
     pub signed_out: tokio::sync::broadcast::Sender<[u8; 16]>,
     pub metrics: crate::metrics::Metrics,
+    /// When a shadow-policy disagreement was last logged, per route and user.
+    pub shadow_log: ShadowLog,
     /// Open WebSockets, decided again at every reload.
     pub sockets: Arc<sockets::Registry>,
+}
+
+/// Shadow-policy disagreements are logged once per user and route per minute (each is
+/// counted in the metrics every time).
+#[derive(Default)]
+pub struct ShadowLog(std::sync::Mutex<std::collections::HashMap<(usize, String), u64>>);
+
+impl ShadowLog {
+    /// Should this disagreement be logged now? Remembers at most 10,000 (route, user) pairs.
+    pub fn due(&self, route: usize, user: &str, now: u64) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        if m.len() >= 10_000 {
+            m.retain(|_, at| now.saturating_sub(*at) < 60);
+        }
+        match m.get_mut(&(route, user.to_string())) {
+            Some(at) if now.saturating_sub(*at) < 60 => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                m.insert((route, user.to_string()), now);
+                true
+            }
+        }
+    }
 }

@@ -76,6 +76,7 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         signed_out: tokio::sync::broadcast::channel(256).0,
         metrics: crate::metrics::Metrics::new(),
         sockets: Arc::default(),
+        shadow_log: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     let main = listener::bind(settings.address, crate::workers::Workers::global().len())?;

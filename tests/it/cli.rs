@@ -620,3 +620,52 @@ fn the_running_proxy_picks_up_config_edits_however_the_file_is_replaced_and_keep
     assert_eq!(status(port, "c.test"), Some(404));
     assert_eq!(server.term(), Some(0));
 }
+
+#[test]
+fn explain_diff_lists_each_decision_that_changes_and_exits_0_2_or_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.yaml");
+    let new = dir.path().join("new.yaml");
+    std::fs::write(&old, POLICY).unwrap();
+    let diff = |a: &std::path::Path, b: &std::path::Path| {
+        let out = bin()
+            .args(["explain", "--diff"])
+            .arg(a)
+            .arg(b)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The same config: nothing changes.
+    let (code, out, _) = diff(&old, &old);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    // Admins lose their way into /admin: exactly those decisions change, one line each.
+    std::fs::write(
+        &new,
+        POLICY.replace(
+            "- not: [ { groups: { has: admins } } ]",
+            "- authenticated_user: true",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = diff(&old, &new);
+    assert_eq!(code, Some(2), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l.contains("allow → deny"), "{l}");
+        assert!(
+            l.contains("/admin") && l.contains("member@probe.invalid"),
+            "{l}"
+        );
+    }
+    // Bad input: exit 1 with the error.
+    std::fs::write(&new, "routes: [oops\n").unwrap();
+    let (code, _, err) = diff(&old, &new);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("new.yaml:"), "{err}");
+}

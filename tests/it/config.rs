@@ -502,3 +502,103 @@ fn a_certificate_error_points_at_its_entry() {
         "{err}"
     );
 }
+
+const TESTED: &str = "insecure_server: true
+routes:
+  - from: https://app.test
+    to: http://127.0.0.1:1
+    policy:
+      - allow:
+          or:
+            - domain: { is: example.com }
+        deny:
+          and:
+            - http_path: { starts_with: /admin }
+            - not: [ { groups: { has: admins } } ]
+";
+
+#[test]
+fn policy_tests_are_parsed_with_positions_and_unknown_keys_are_errors() {
+    let tests = |t: &str| format!("{TESTED}tests:\n{t}");
+    assert_error(
+        &tests("  - url: https://app.test/\n    expect: maybe\n"),
+        "15:13",
+        "use allow, deny or sign_in",
+    );
+    assert_error(
+        &tests("  - url: https://app.test/\n    expect: allow\n    mail: a@b\n"),
+        "16:5",
+        "unknown field `mail`",
+    );
+    assert_error(
+        &tests("  - url: not a url\n    expect: deny\n"),
+        "14:10",
+        "is not a URL",
+    );
+    assert_error(
+        &tests("  - url: https://app.test/\n    email: not-an-email\n    expect: deny\n"),
+        "15:12",
+        "not a plain email",
+    );
+    assert_error(
+        &tests("  - url: https://app.test/\n    ip: 10.0.0\n    expect: deny\n"),
+        "15:9",
+        "not an IP address",
+    );
+    assert_error(
+        &tests("  - url: https://app.test/\n    method: 'G T'\n    expect: deny\n"),
+        "15:13",
+        "not an HTTP method",
+    );
+    assert_error(
+        &tests("  - url: https://app.test/\n    groups: [admins]\n    expect: deny\n"),
+        "14:5",
+        "give an email or a user",
+    );
+    let env = env(&[("PORTCULLIS_TESTS", "[]")]);
+    let errs = errors_env(TESTED, env);
+    assert!(
+        errs.iter().any(
+            |e| e.starts_with("env PORTCULLIS_TESTS: tests can only be set in the config file")
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_config_whose_own_tests_fail_is_refused_naming_the_case_and_what_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    let good = format!(
+        "{TESTED}tests:\n\
+         \x20 - name: staff in\n    url: https://app.test/\n    email: alice@example.com\n    expect: allow\n\
+         \x20 - url: https://app.test/admin\n    email: alice@example.com\n    expect: deny\n\
+         \x20 - url: https://app.test/admin\n    email: root@example.com\n    groups: [admins]\n    expect: allow\n\
+         \x20 - name: strangers out\n    url: https://app.test/\n    email: eve@evil.test\n    expect: deny\n\
+         \x20 - url: https://app.test/\n    expect: sign_in\n\
+         \x20 - url: https://nowhere.test/\n    expect: deny\n"
+    );
+    std::fs::write(&cfg, &good).unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = portcullis::runtime::Runtime::load(&cfg, &MapEnv::default());
+    assert!(rt.is_ok(), "{}", rt.err().unwrap());
+    // The same tests against a policy that lets every signed-in user in.
+    let bad = good.replace(
+        "- domain: { is: example.com }",
+        "- authenticated_user: true",
+    );
+    std::fs::write(&cfg, &bad).unwrap();
+    let errs = portcullis::runtime::Runtime::load(&cfg, &MapEnv::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    let lines: Vec<&str> = errs.lines().collect();
+    assert_eq!(lines.len(), 1, "{errs}");
+    let want = format!(
+        "{}:25:5: test \"strangers out\" (GET https://app.test/ as eve@evil.test): expected deny, got allow: route `https://app.test` ({}:3), decided by policy at {}:6:",
+        cfg.display(),
+        cfg.display(),
+        cfg.display()
+    );
+    assert!(lines[0].starts_with(&want), "{errs}\nwanted {want}");
+}

@@ -106,3 +106,28 @@ async fn a_hundred_rewrites_under_load_fail_no_request_and_serve_the_last_valid_
         "a refused edit's route is served"
     );
 }
+
+#[tokio::test]
+async fn a_reload_whose_policy_tests_fail_is_refused_and_counted_and_the_old_config_serves() {
+    let echo = Echo::start("a").await;
+    let yaml = |allow: &str| {
+        format!(
+            "address: 127.0.0.1:0\ninsecure_server: true\nroutes:\n\
+             \x20 - from: http://app.test\n    to: {e}\n    {allow}\n\
+             tests:\n  - name: the public page stays public\n    url: http://app.test/\n    expect: allow\n",
+            e = echo.url()
+        )
+    };
+    let p = Proxy::start(&yaml("allow_public_unauthenticated_access: true")).await;
+    assert_eq!(get(p.addr(), "app.test", "/", &[]).await.status, 200);
+    // An edit that would lock everyone out of the public page: its own test refuses it.
+    std::fs::write(&p.config, yaml("allowed_domains: [example.com]")).unwrap();
+    assert!(!portcullis::server::reload::reload(&p.handle, &p.config));
+    let m = p.handle.shared.metrics.render();
+    assert_eq!(
+        metric(&m, "portcullis_config_reload_failures_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(get(p.addr(), "app.test", "/", &[]).await.status, 200);
+}

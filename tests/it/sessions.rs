@@ -840,3 +840,112 @@ async fn a_neighbouring_cookie_with_utf8_bytes_neither_hides_the_session_nor_let
     assert!(!all.contains("_portcullis"), "{all}");
     assert!(all.contains("prefs=café; x=1"), "{all}");
 }
+
+#[tokio::test]
+async fn a_shadow_policy_is_decided_beside_the_real_one_counted_and_never_enforced() {
+    let echo = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
+         \x20 - from: http://app.test\n    to: {e}\n    allowed_domains: [example.com]\n\
+         \x20   shadow_policy:\n      - allow:\n          or:\n            - groups: {{ has: admins }}\n",
+        e = echo.url()
+    ))
+    .await;
+    let staff = cookie_for("app.test", now() + 600);
+    let admin = cookie_with(
+        "app.test",
+        now() + 600,
+        Identity {
+            groups: vec!["admins".into()],
+            ..alice()
+        },
+    );
+    // alice: allowed now, the shadow would refuse her; still let through, twice.
+    for _ in 0..2 {
+        let r = get(p.addr(), "app.test", "/x", &[("cookie", &staff)]).await;
+        assert_eq!(r.status, 200);
+    }
+    // An admin: both allow; an anonymous request: both ask for a sign-in.
+    assert_eq!(
+        get(p.addr(), "app.test", "/x", &[("cookie", &admin)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(
+            p.addr(),
+            "app.test",
+            "/x",
+            &[("accept", "application/json")]
+        )
+        .await
+        .status,
+        401
+    );
+    let m = p.handle.shared.metrics.render();
+    let line = "portcullis_shadow_policy_disagreements_total{route=\"http://app.test\",enforced=\"allow\",shadow=\"deny\"}";
+    assert_eq!(metric(&m, line), Some(2.0), "{m}");
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("portcullis_shadow_policy_disagreements_total"))
+            .count(),
+        1,
+        "{m}"
+    );
+}
+
+/// What `check` decides for a request is what the running proxy does with it: every request
+/// the policies name (the probes `explain --diff` uses), sent to the real server with a session
+/// for its user.
+#[tokio::test]
+async fn check_decides_every_request_as_the_running_proxy_does() {
+    let echo = Echo::start("a").await;
+    let yaml = format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
+         \x20 - from: http://app.test\n    prefix: /public\n    to: {e}\n    allow_public_unauthenticated_access: true\n\
+         \x20 - from: http://app.test\n    to: {e}\n    policy:\n\
+         \x20     - allow:\n          or:\n            - domain: {{ is: example.com }}\n            - groups: {{ has: admins }}\n            - claim/department: {{ is: eng }}\n\
+         \x20       deny:\n          and:\n            - http_path: {{ starts_with: /admin }}\n            - not: [ {{ groups: {{ has: admins }} }} ]\n\
+         \x20     - allow:\n          and:\n            - email: {{ is: bob@other.test }}\n            - http_method: {{ is: GET }}\n\
+         \x20 - from: http://any.test\n    to: {e}\n    allow_any_authenticated_user: true\n",
+        e = echo.url()
+    );
+    let p = Proxy::start(&yaml).await;
+    let compiled = portcullis::config::load_str(
+        &yaml,
+        "t.yaml",
+        std::path::Path::new("."),
+        &MapEnv::default(),
+    )
+    .unwrap();
+    let routes = portcullis::explain::RouteTable::new(compiled.routes);
+    let probes = portcullis::explain::probes(&routes);
+    assert!(probes.len() > 30, "{} probes", probes.len());
+    for mut r in probes {
+        // The proxy sees the test client's address.
+        r.ip = Some("127.0.0.1".parse().unwrap());
+        let want = portcullis::explain::decide(&routes, &r).answer;
+        let mut b = http::Request::builder()
+            .method(r.method.clone())
+            .uri(r.path.as_str())
+            .header("host", r.host.as_str())
+            .header("accept", "application/json");
+        if let Some(id) = &r.identity {
+            b = b.header("cookie", cookie_with(&r.host, now() + 600, (**id).clone()));
+        }
+        let got = send(
+            p.addr(),
+            b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        let answer = match got.status.as_u16() {
+            200 => portcullis::explain::Answer::Allow,
+            403 | 404 => portcullis::explain::Answer::Deny,
+            401 => portcullis::explain::Answer::SignIn,
+            s => panic!("{s} for {} {} as {}", r.method, r.url, r.who()),
+        };
+        assert_eq!(answer, want, "{} {} as {}", r.method, r.url, r.who());
+    }
+}

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cases;
 mod route;
 mod settings;
 
@@ -26,6 +27,8 @@ pub struct Compiled {
     pub warnings: Vec<String>,
     /// Files the config names (certificates, keys, secrets, CAs): a change reloads.
     pub files: Vec<PathBuf>,
+    /// `tests:`, run once the routes are built (`Runtime::build`).
+    pub tests: Vec<crate::explain::Case>,
 }
 
 pub(super) struct Ctx<'a> {
@@ -92,6 +95,7 @@ pub fn compile(
         files: Vec::new(),
     };
     let settings = settings::settings(&raw, &mut cx);
+    let tests = cases::cases(&raw, &mut cx);
     let mut routes = Vec::new();
     match &raw.routes {
         None => cx
@@ -151,6 +155,7 @@ pub fn compile(
         routes,
         warnings,
         files,
+        tests,
     })
 }
 

@@ -172,6 +172,20 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
             .map(|b| (b.value, pos(b))),
     };
     let policy = compile_policy(&input, &mut cx.errs);
+    // Tried beside the policy on every request, never enforced (same language, `policy` only).
+    let shadow = r.shadow_policy.as_ref().map(|node| {
+        compile_policy(
+            &PolicyInput {
+                policy: Some(node),
+                allowed_users: None,
+                allowed_domains: None,
+                allowed_groups: None,
+                public: None,
+                any_authenticated: None,
+            },
+            &mut cx.errs,
+        )
+    });
 
     let client = match UpstreamClient::new(&UpstreamTls {
         custom_ca,
@@ -217,6 +231,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         owned_headers,
         jwt_claims_headers,
         policy,
+        shadow,
         client,
         line: rpos.line,
         index: 0,
