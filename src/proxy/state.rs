@@ -78,3 +78,24 @@ impl ShadowLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ShadowLog;
+
+    #[test]
+    fn a_disagreement_is_logged_once_per_user_and_route_per_minute() {
+        let log = ShadowLog::default();
+        assert!(log.due(0, "alice", 1000));
+        assert!(!log.due(0, "alice", 1059));
+        assert!(log.due(1, "alice", 1059), "another route");
+        assert!(log.due(0, "bob", 1059), "another user");
+        assert!(log.due(0, "alice", 1060), "a minute later");
+        // Bounded: past 10,000 pairs, the old ones are forgotten.
+        for i in 0..10_000 {
+            log.due(2, &format!("u{i}"), 2000);
+        }
+        assert!(log.due(2, "late", 2100));
+        assert!(log.0.lock().unwrap().len() < 10_000);
+    }
+}
