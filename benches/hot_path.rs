@@ -237,6 +237,7 @@ fn benches(c: &mut Criterion) {
                         host_header: host.clone(),
                         websocket: false,
                         cookie_name: "_portcullis",
+                        owned_cookies: &[],
                         owned: &owned,
                         remove: &[],
                         set: &[],

@@ -90,6 +90,10 @@ pub struct Route {
     /// `set_request_headers`), folded (`headers::folded_name`):
     /// client copies under any spelling that folds the same are stripped.
     pub owned_headers: Vec<http::HeaderName>,
+    /// Every cookie name a route of the config sets in its `Cookie` header: a client's cookie
+    /// of that name is stripped on every route (a route that sets `Cookie` itself owns the
+    /// whole header, see `owned_headers`).
+    pub owned_cookies: Vec<String>,
     pub policy: Policy,
     /// `shadow_policy`: decided beside `policy` on every request and never enforced; where the
     /// two disagree it is logged and counted.

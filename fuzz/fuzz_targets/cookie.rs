@@ -116,6 +116,7 @@ fn among_neighbours(data: &[u8]) {
             host_header: http::HeaderValue::from_static("up"),
             websocket: false,
             cookie_name: "_p",
+            owned_cookies: &[],
             owned: &[],
             remove: &[],
             set: &[],

@@ -43,6 +43,19 @@ struct Cached {
     iat: u64,
     iss: Box<str>,
     aud: Box<str>,
+    /// Who the token speaks of: a session refreshed to another email or other groups keeps
+    /// its id, and must not keep its old token.
+    sub: Box<str>,
+    email: Option<Box<str>>,
+    groups: Vec<String>,
+}
+
+impl Cached {
+    fn speaks_of(&self, id: &Identity) -> bool {
+        *self.sub == *id.sub
+            && self.email.as_deref() == id.usable_email()
+            && self.groups == id.groups
+    }
 }
 
 pub struct Signer {
@@ -113,7 +126,11 @@ impl Signer {
                     .iss
                     .strip_prefix(scheme)
                     .is_some_and(|a| a.eq_ignore_ascii_case(authority));
-                if now.saturating_sub(t.iat) < REUSE && same_origin && *t.aud == *audience {
+                if now.saturating_sub(t.iat) < REUSE
+                    && same_origin
+                    && *t.aud == *audience
+                    && t.speaks_of(id)
+                {
                     return Some(t.token.clone());
                 }
             }
@@ -147,6 +164,9 @@ impl Signer {
                 iat: now,
                 iss: issuer.into(),
                 aud: audience.into(),
+                sub: id.sub.as_str().into(),
+                email: id.usable_email().map(Into::into),
+                groups: id.groups.clone(),
             };
             c.insert((*session, route), t);
         }
@@ -164,6 +184,8 @@ mod tests {
         assert!(generated);
         let id = Identity {
             sub: "x".into(),
+            email: Some("x@example.com".into()),
+            groups: vec!["admins".into()],
             ..Default::default()
         };
         let claims = |v: &HeaderValue| -> serde_json::Value {
@@ -201,6 +223,23 @@ mod tests {
         assert_eq!(
             moved.as_ref().map(|m| claims(m)["aud"].clone()),
             Some("c".into())
+        );
+        let a = s.assertion(&[1; 16], 0, (true, "a"), "b", &id).unwrap();
+        // The same session refreshed to other groups, or another email: signed again.
+        let mut fewer = id.clone();
+        fewer.groups.clear();
+        let refreshed = s.assertion(&[1; 16], 0, (true, "a"), "b", &fewer);
+        assert_ne!(refreshed, Some(a.clone()), "a refresh kept the old groups");
+        assert_eq!(
+            refreshed.as_ref().map(|r| claims(r)["groups"].clone()),
+            Some(serde_json::json!([]))
+        );
+        let mut renamed = id.clone();
+        renamed.email = Some("other@example.com".into());
+        assert_ne!(
+            s.assertion(&[1; 16], 0, (true, "a"), "b", &renamed),
+            s.assertion(&[1; 16], 0, (true, "a"), "b", &id),
+            "a refresh kept the old email"
         );
         let a = s.assertion(&[1; 16], 0, (true, "a"), "b", &id).unwrap();
         // Reached under another origin: signed again, with that origin as `iss`.

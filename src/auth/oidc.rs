@@ -434,7 +434,14 @@ fn merge_userinfo(
 ) {
     let verified = extra.remove("email_verified");
     if claims.contains_key("email") {
-        if !claims.contains_key("email_verified") && extra.get("email") == claims.get("email") {
+        // The same address however it is spelled: the policy compares emails normalized.
+        let same = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str)
+                .and_then(crate::policy::identity::normalize_email)
+        };
+        let same_address = same(extra.get("email")).is_some()
+            && same(extra.get("email")) == same(claims.get("email"));
+        if !claims.contains_key("email_verified") && same_address {
             if let Some(v) = verified {
                 claims.insert("email_verified".into(), v);
             }
@@ -577,6 +584,14 @@ mod tests {
             merged(
                 json!({"sub": "u", "email": a}),
                 json!({"sub": "u", "email": a, "email_verified": false})
+            ),
+            (Some(a.clone()), Some(json!(false)))
+        );
+        // The same address spelled otherwise is the same address.
+        assert_eq!(
+            merged(
+                json!({"sub": "u", "email": a}),
+                json!({"sub": "u", "email": "A@Example.COM", "email_verified": false})
             ),
             (Some(a.clone()), Some(json!(false)))
         );

@@ -71,18 +71,18 @@ impl EmbeddedStore {
 
 impl RevocationStore for EmbeddedStore {
     fn revoke(&self, id: &[u8; 16], until: u64) -> Result<(), String> {
-        let w = self.db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let mut t = w.open_table(REVOKED).map_err(|e| e.to_string())?;
-            t.insert(id.as_slice(), until).map_err(|e| e.to_string())?;
-        }
-        w.commit().map_err(|e| e.to_string())?;
+        // Known to this process first: a failed write still refuses the session here.
         let now = now();
         if let Ok(mut c) = self.cache.write() {
             c.retain(|_, u| *u > now);
             c.insert(*id, until);
         }
-        Ok(())
+        let w = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut t = w.open_table(REVOKED).map_err(|e| e.to_string())?;
+            t.insert(id.as_slice(), until).map_err(|e| e.to_string())?;
+        }
+        w.commit().map_err(|e| e.to_string())
     }
 
     fn is_revoked(&self, id: &[u8; 16]) -> bool {

@@ -2,7 +2,7 @@
 //! bound to its host (or `cookie_domain`), chunked when large, expiring. A tampered,
 //! truncated, expired, other-key or other-host cookie is simply no session.
 
-use crate::http::cookie::{cookie, cookie_bytes, cookie_pairs};
+use crate::http::cookie::{conflicting, cookie, cookie_pairs, unique_cookie_bytes};
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -22,9 +22,10 @@ pub const MAX_CHUNKS: usize = 8;
 const VERSION: &str = "v1";
 /// Seconds a sign-in may take, from leaving for the IdP to the callback.
 pub const LOGIN_TTL: u64 = 600;
-/// Sign-ins in progress at once in one browser: a callback that sees more login cookies than
-/// this expires all of them (so they never grow a request past the header limit).
-pub const MAX_LOGINS: usize = 16;
+/// Sign-ins in progress at once in one browser: a sign-in started with this many login
+/// cookies present, or a callback that sees more, expires all of them (so they never grow a
+/// request past the header limit: each is at most about 3 KB, see `MAX_RETURN_TO`).
+pub const MAX_LOGINS: usize = 8;
 
 /// A signed-in session, as carried in the cookie.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,8 +292,10 @@ impl CookieJar {
 
     /// The session cookie's sealed text, reassembled from its chunks: bytes as they came
     /// (they are base64 when valid, and the AEAD decides that; no pass to check for UTF-8).
+    /// A session name sent under two values (one planted by a sibling host, see
+    /// [`unique_cookie_bytes`]) is no session.
     pub fn read_session<'h>(&self, headers: &'h HeaderMap) -> Option<Cow<'h, [u8]>> {
-        let first = cookie_bytes(headers, &self.session)?;
+        let first = unique_cookie_bytes(headers, &self.session)?;
         let rest = first.strip_prefix(VERSION.as_bytes())?.strip_prefix(b".")?;
         let dot = memchr::memchr(b'.', rest)?;
         let (n, head) = (&rest[..dot], &rest[dot + 1..]);
@@ -306,9 +309,18 @@ impl CookieJar {
         let mut all = Vec::with_capacity(n * CHUNK);
         all.extend_from_slice(head);
         for i in 1..n {
-            all.extend_from_slice(cookie_bytes(headers, &format!("{}_{i}", self.session))?);
+            all.extend_from_slice(unique_cookie_bytes(
+                headers,
+                &format!("{}_{i}", self.session),
+            )?);
         }
         Some(Cow::Owned(all))
+    }
+
+    /// Does the request carry the session cookie (or one of its chunks) under two values?
+    pub fn session_conflict(&self, headers: &HeaderMap) -> bool {
+        conflicting(headers, &self.session)
+            || (1..MAX_CHUNKS).any(|i| conflicting(headers, &format!("{}_{i}", self.session)))
     }
 
     /// Stores a sign-in's sealed state, for this host only (`__Host-`); it is never passed on to

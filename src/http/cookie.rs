@@ -16,6 +16,27 @@ pub fn cookie_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> 
         .map(|(_, v)| v)
 }
 
+/// The value of cookie `name` when the request carries one value under that name. Two
+/// different values are ambiguous and give none: a sibling host can plant a second cookie of
+/// the same name with `Domain=` (and a longer `Path`, which browsers send first).
+pub fn unique_cookie_bytes<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let mut found: Option<&[u8]> = None;
+    for (k, v) in cookie_pairs(headers) {
+        if k == name.as_bytes() {
+            match found {
+                Some(f) if f != v => return None,
+                _ => found = Some(v),
+            }
+        }
+    }
+    found
+}
+
+/// Does the request carry cookie `name` under two different values?
+pub fn conflicting(headers: &HeaderMap, name: &str) -> bool {
+    cookie_bytes(headers, name).is_some() && unique_cookie_bytes(headers, name).is_none()
+}
+
 /// Every `name=value` pair of the request's Cookie headers, as bytes: browsers send values
 /// as they were set, UTF-8 included, and another cookie's bytes must not hide the session's.
 pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {

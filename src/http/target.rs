@@ -3,7 +3,7 @@
 //! Dot-segments are resolved and repeated slashes merged; percent-encoded unreserved
 //! characters are decoded (so `%2e%2e` is `..` before it is resolved); other escapes are kept,
 //! upper-cased. An encoded `/`, `\` or NUL, a raw `\` or `#`, a control character, bad or
-//! overlong escapes, and path parameters on dot-segments (`/..;x/`) are refused.
+//! overlong escapes, and path parameters on dot-segments (`/..;x/`, `/..%3B/`) are refused.
 
 use http::{HeaderMap, Method, Uri};
 use std::fmt;
@@ -146,7 +146,13 @@ pub fn normalize_path_fully(raw: &str) -> Result<String, TargetError> {
     let mut trailing_slash = false;
     for seg in semi.split('/').skip(1) {
         trailing_slash = false;
-        let bare = seg.split(';').next().unwrap_or("");
+        // A parameter written `;` or `%3B` (an upstream that decodes before it strips path
+        // parameters sees the same `..`).
+        let bare = seg
+            .split(';')
+            .next()
+            .and_then(|b| b.split("%3B").next())
+            .unwrap_or("");
         match seg {
             "" => trailing_slash = true,
             "." => trailing_slash = true,
@@ -154,7 +160,7 @@ pub fn normalize_path_fully(raw: &str) -> Result<String, TargetError> {
                 out.pop();
                 trailing_slash = true;
             }
-            _ if (bare == "." || bare == "..") && seg.contains(';') => {
+            _ if (bare == "." || bare == "..") && seg != bare => {
                 return Err(TargetError::DotSegmentParameter)
             }
             s => out.push(s),
@@ -365,6 +371,9 @@ mod tests {
             ("/a%0a", TargetError::Forbidden('\u{1}')),
             ("/public/..;/admin", TargetError::DotSegmentParameter),
             ("/public/.;x/admin", TargetError::DotSegmentParameter),
+            ("/public/..%3B/admin", TargetError::DotSegmentParameter),
+            ("/public/..%3b/admin", TargetError::DotSegmentParameter),
+            ("/public/%2e%2e%3bx/admin", TargetError::DotSegmentParameter),
             ("*", TargetError::NotOriginForm),
             ("a/b", TargetError::NotOriginForm),
             ("", TargetError::NotOriginForm),

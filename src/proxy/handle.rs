@@ -197,9 +197,23 @@ async fn inner<'r>(
     cx.decision = next.label();
     let permitted = match next {
         decide::Next::Forward(p) => p,
+        decide::Next::SignIn if rt.auth.jar.session_conflict(req.headers()) => {
+            // A sign-in would come back to the same two cookies: say what is wrong instead.
+            tracing::warn!(host = %target.host, "two session cookies: one was set by another host under the cookie domain");
+            return Err(ProxyError::BadRequest(
+                "this browser sent two different session cookies for this site (another site under the same domain set one); clear this site's cookies and sign in again".into(),
+            ));
+        }
         decide::Next::SignIn => {
             let return_to = target.path_and_query(&target.path);
-            return portal::start_login(rt, route.from.https, target, return_to, &mut cx.cookies);
+            return portal::start_login(
+                rt,
+                route.from.https,
+                target,
+                return_to,
+                req.headers(),
+                &mut cx.cookies,
+            );
         }
         decide::Next::Refuse(e) => return Err(e),
     };
@@ -229,6 +243,7 @@ async fn inner<'r>(
             host_header,
             websocket,
             cookie_name: &rt.settings.cookie.name,
+            owned_cookies: &route.owned_cookies,
             owned: &route.owned_headers,
             remove: &route.remove_request_headers,
             set: &route.set_request_headers,
@@ -240,19 +255,11 @@ async fn inner<'r>(
     } else {
         UpBody::new(body)
     };
-    let mut resp =
-        upstream::send(route.destination(), &permitted, parts, &headers, pq, body).await?;
-    headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
-
-    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if upgraded {
-        let Some(client_upgrade) = on_upgrade else {
-            // The upstream switched protocols on a request that asked for no WebSocket.
-            return Err(ProxyError::UpstreamUnavailable);
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    // A WebSocket listens for its end before it goes upstream: a sign-out or a reload while
+    // the upstream is still answering the upgrade is then heard, not missed.
+    let ends = websocket.then(|| {
         let revoke = Arc::new(tokio::sync::Notify::new());
-        let ends = websocket::Ends {
+        websocket::Ends {
             session,
             shared: shared.clone(),
             signed_out: shared.signed_out.subscribe(),
@@ -265,7 +272,29 @@ async fn inner<'r>(
                 identity: permitted.identity.clone(),
                 revoke,
             }),
+        }
+    });
+    let mut resp =
+        upstream::send(route.destination(), &permitted, parts, &headers, pq, body).await?;
+    headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
+
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        let (Some(client_upgrade), Some(ends)) = (on_upgrade, ends) else {
+            // The upstream switched protocols on a request that asked for no WebSocket.
+            return Err(ProxyError::UpstreamUnavailable);
         };
+        // Signed out or refused by a reload between the decision and the registration above.
+        if sid.is_some_and(|id| shared.store.is_revoked(&id)) {
+            return Err(ProxyError::Unauthenticated);
+        }
+        if !ends.registered.allowed(&shared.runtime.load()) {
+            return Err(ProxyError::Forbidden {
+                who: None,
+                reason: "access revoked by a policy change".into(),
+            });
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let guard = shared.metrics.websocket_guard();
         let name = route.name.clone();
         tokio::spawn(async move {

@@ -84,6 +84,9 @@ pub struct Forwarding<'a> {
     pub websocket: bool,
     /// Session cookie name: its cookies (and chunks) are not passed on.
     pub cookie_name: &'a str,
+    /// Cookie names a route sets in its `Cookie` header: a client's cookie of that name is
+    /// never passed on, on any route.
+    pub owned_cookies: &'a [String],
     /// Names the proxy sets for this route (claims headers...), stripped from the client's.
     pub owned: &'a [HeaderName],
     pub remove: &'a [HeaderName],
@@ -101,8 +104,9 @@ pub struct UpstreamHeaders<'a> {
     hop: HopByHop,
     owned: &'a [HeaderName],
     remove: &'a [HeaderName],
-    /// The client's Cookie headers without the session's cookies, when they carried one.
-    cookies: Option<Vec<HeaderValue>>,
+    /// The client's cookies rewritten ([`forwarded_cookies`]): one header or none instead of
+    /// the client's; `None` when the client's pass as they came.
+    cookies: Option<Option<HeaderValue>>,
     /// Set by the proxy, each name once: a later setting of a name replaces an earlier one,
     /// and every one replaces the client's headers of that name.
     added: Added,
@@ -215,9 +219,9 @@ pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> 
     let hop = HopByHop::of(&h);
     // A route that sets or removes `Cookie` owns it whole: none of the client's passes.
     let cookies = if is_spoofable("cookie", fw.owned, fw.remove) {
-        Some(Vec::new())
+        Some(None)
     } else {
-        without_session_cookies(&h, fw.cookie_name)
+        forwarded_cookies(&h, fw.cookie_name, fw.owned_cookies)
     };
     let mut added = Added {
         list: Vec::with_capacity(5 + fw.set.len() + fw.identity.len()),
@@ -274,59 +278,49 @@ fn is_session_cookie(pair: &[u8], name: &str) -> bool {
             .is_some_and(|r| !r.is_empty())
 }
 
-/// The request's Cookie headers without the session's cookies, or `None` when they carry none
-/// (they pass as they are). One pass over each header: a browser's can be kilobytes.
-fn without_session_cookies(h: &HeaderMap, name: &str) -> Option<Vec<HeaderValue>> {
-    let mut out: Option<Vec<HeaderValue>> = None;
-    for (i, v) in h.get_all(header::COOKIE).iter().enumerate() {
-        match strip_cookie(v, name) {
-            Stripped::Untouched => {
-                if let Some(o) = &mut out {
-                    o.push(v.clone());
-                }
-            }
-            Stripped::To(kept) => {
-                let o = out.get_or_insert_with(|| {
-                    h.get_all(header::COOKIE).iter().take(i).cloned().collect()
-                });
-                o.extend(kept);
-            }
-        }
-    }
-    out
-}
-
-/// One Cookie header without the session's cookies.
-enum Stripped {
-    /// It carries none of them.
-    Untouched,
-    /// What is left of it, if anything.
-    To(Option<HeaderValue>),
-}
-
-/// Removes the session cookie (and its chunks `NAME_1`, ... and the login cookies `NAME_csrf_*`)
-/// from a Cookie header, in one pass.
-fn strip_cookie(value: &HeaderValue, name: &str) -> Stripped {
+/// The client's cookies as the upstream gets them, or `None` when they pass as they came (one
+/// Cookie header with nothing to take out). Otherwise one header, or none when nothing is
+/// left: without Portcullis's cookies ([`is_session_cookie`]) and without those a route sets
+/// (`owned`), and joined by "; " when the client sent several (HTTP/2 sends cookies in
+/// crumbs, which an HTTP/1.1 upstream must get as one header, RFC 9113 §8.2.3). One pass
+/// over each header: a browser's can be kilobytes.
+fn forwarded_cookies(h: &HeaderMap, name: &str, owned: &[String]) -> Option<Option<HeaderValue>> {
+    let all = h.get_all(header::COOKIE);
+    let mut headers = all.iter().peekable();
+    headers.peek()?;
     let mut found = false;
+    let mut count = 0;
     let mut kept = Vec::new();
-    for c in pairs(value.as_bytes()) {
-        if is_session_cookie(c, name) {
-            found = true;
-            continue;
+    for v in headers {
+        count += 1;
+        for c in pairs(v.as_bytes()) {
+            if is_session_cookie(c, name) || is_owned_cookie(c, owned) {
+                found = true;
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(c);
         }
-        if !kept.is_empty() {
-            kept.extend_from_slice(b"; ");
-        }
-        kept.extend_from_slice(c);
     }
-    if !found {
-        return Stripped::Untouched;
+    if !found && count == 1 {
+        return None;
     }
     if kept.is_empty() {
-        return Stripped::To(None);
+        return Some(None);
     }
-    // The client's own bytes, which were a valid value, joined by "; ": valid again.
-    Stripped::To(HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
+    // The client's own bytes, which were valid values, joined by "; ": valid again.
+    Some(HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
+}
+
+/// Is this `name=value` pair's name one a route sets in its `Cookie` header?
+fn is_owned_cookie(pair: &[u8], owned: &[String]) -> bool {
+    if owned.is_empty() {
+        return false;
+    }
+    let n = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
+    owned.iter().any(|o| o.as_bytes() == n)
 }
 
 /// Removes the upstream's `Set-Cookie` headers that would set or clear one of Portcullis's
@@ -337,7 +331,11 @@ pub fn strip_own_set_cookies(h: &mut HeaderMap, cookie_name: &str) {
     let own = |v: &HeaderValue| {
         let b = v.as_bytes();
         let pair = &b[..memchr::memchr(b';', b).unwrap_or(b.len())];
+        // A nameless cookie (`=__Host-_portcullis=x`) is sent back by some browsers as
+        // `__Host-_portcullis=x`: its value is judged as a pair too.
+        let nameless = pair.trim_ascii_start().strip_prefix(b"=");
         is_session_cookie(pair, cookie_name)
+            || nameless.is_some_and(|p| is_session_cookie(p, cookie_name))
     };
     if !h.get_all(header::SET_COOKIE).iter().any(own) {
         return;
@@ -369,6 +367,7 @@ mod tests {
             host_header: HeaderValue::from_static("upstream:8080"),
             websocket: false,
             cookie_name: "_portcullis",
+            owned_cookies: &[],
             owned,
             remove: &[],
             set: &[],
@@ -576,8 +575,7 @@ mod tests {
             [
                 ("accept", &b"a"[..]),
                 ("accept", b"b"),
-                ("cookie", b"a=1"),
-                ("cookie", b"b=2"),
+                ("cookie", b"a=1; b=2"),
                 ("x-forwarded-host", b"app.example.com"),
                 ("x-forwarded-for", b"203.0.113.9"),
                 ("x-forwarded-proto", b"https"),
@@ -669,7 +667,7 @@ mod tests {
         );
         let h = map(&[("cookie", "_portcullis=s")]);
         assert!(!upstream(h, fw(&[])).contains_key("cookie"));
-        // Headers before the first that carries the session pass too, in their order.
+        // Several Cookie headers (HTTP/2 crumbs) reach the upstream as one, in their order.
         let h = map(&[
             ("cookie", "x=1"),
             ("cookie", "_portcullis=s; y=2"),
@@ -677,7 +675,10 @@ mod tests {
         ]);
         let out = upstream(h, fw(&[]));
         let cookies: Vec<_> = out.get_all("cookie").iter().collect();
-        assert_eq!(cookies, ["x=1", "y=2", "z=3"]);
+        assert_eq!(cookies, ["x=1; y=2; z=3"]);
+        let out = upstream(map(&[("cookie", "a=1"), ("cookie", "b=2")]), fw(&[]));
+        let cookies: Vec<_> = out.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
         // Without the session's cookies, the headers pass as they came.
         let out = upstream(map(&[("cookie", "a=1;b=2")]), fw(&[]));
         assert_eq!(out["cookie"], "a=1;b=2");

@@ -2,7 +2,7 @@
 //! `callback`, `sign_out`, `signed_out`, the who-am-I page, and the assertion JWKS.
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
@@ -46,6 +46,20 @@ pub fn safe_return(raw: &str) -> String {
     }
 }
 
+/// The longest return path kept across a sign-in; a longer one comes back to its path
+/// without the query, or to `/`.
+pub const MAX_RETURN_TO: usize = 2048;
+
+fn bounded_return(to: String) -> String {
+    if to.len() <= MAX_RETURN_TO {
+        return to;
+    }
+    match to.split_once('?') {
+        Some((path, _)) if path.len() <= MAX_RETURN_TO => path.to_string(),
+        _ => "/".into(),
+    }
+}
+
 fn redirect(location: &str) -> Result<Response<Body>, ProxyError> {
     let mut r = page(StatusCode::FOUND, "text/html; charset=utf-8", String::new());
     let v = HeaderValue::from_str(location)
@@ -66,9 +80,20 @@ pub fn start_login(
     https: bool,
     target: &Target,
     return_to: String,
+    headers: &HeaderMap,
     cookies: &mut SetCookies,
 ) -> Result<Response<Body>, ProxyError> {
     let oidc = rt.auth.oidc.as_ref().ok_or(ProxyError::Unauthenticated)?;
+    // Login cookies ride on every request to the host (`__Host-`, `Path=/`): a page that
+    // starts many sign-ins with long return paths must not grow them past the header limit.
+    // The return path is bounded, and a browser already holding MAX_LOGINS sign-ins in
+    // progress loses them (the newest one is then the only one).
+    let return_to = bounded_return(return_to);
+    let jar = &rt.auth.jar;
+    let logins = jar.login_cookies(headers);
+    if logins.len() >= MAX_LOGINS {
+        cookies.extend(logins.iter().filter_map(|n| jar.expire_login(n)));
+    }
     let provider = oidc.provider().ok_or(ProxyError::IdpUnavailable)?;
     let redirect_uri = format!("{}{CALLBACK}", origin(https, target));
     let (url, login) = oidc
@@ -123,7 +148,7 @@ pub async fn serve(
         SIGN_IN => {
             let to =
                 query_param(q, "redirect_uri").map_or_else(|| "/".to_string(), |r| safe_return(&r));
-            start_login(rt, https, target, to, cookies)
+            start_login(rt, https, target, to, req.headers(), cookies)
         }
         CALLBACK => {
             let r = callback(rt, https, target, req, cookies).await;
@@ -278,12 +303,14 @@ fn sign_out(
             redirect(&post_logout)
         };
     };
-    // Open WebSockets of this session close now (none listening is fine).
-    let _ = shared.signed_out.send(s.id);
+    // Recorded first, then broadcast: a WebSocket upgrade in flight subscribes before it
+    // goes upstream and looks in the store after, so it sees one or the other.
     if let Err(e) = shared.store.revoke(&s.id, s.expires) {
         // The cookie is cleared anyway; a copy of it would still work: say so loudly.
         tracing::error!(error = %e, "could not record the sign-out; a copied cookie stays valid until it expires");
     }
+    // Open WebSockets of this session close now (none listening is fine).
+    let _ = shared.signed_out.send(s.id);
     tracing::info!(
         user = s.identity.email.as_deref().unwrap_or(&s.identity.sub),
         "signed out"

@@ -45,6 +45,17 @@ impl Registered {
     }
 }
 
+impl Registered {
+    /// Does `rt` still let this socket's user in? Asked once the socket is registered, so a
+    /// reload that swapped in between is not missed (after it, `recheck` sees the socket).
+    pub fn allowed(&self, rt: &Runtime) -> bool {
+        let Ok(m) = self.0.open.lock() else {
+            return false;
+        };
+        m.get(&self.1).is_some_and(|s| allowed(s, rt))
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         if let Ok(mut m) = self.0.open.lock() {

@@ -118,6 +118,10 @@ async fn ended(e: &mut Ends) -> &'static str {
                 if crate::clock::now() >= s.expires {
                     return EXPIRED;
                 }
+                // A signed-out session is never refreshed (whatever the broadcast did).
+                if e.shared.store.is_revoked(&s.id) {
+                    return SIGNED_OUT;
+                }
                 let rt = e.shared.runtime.load_full();
                 let Some(oidc) = rt.auth.oidc.as_ref() else { return EXPIRED };
                 let Some(fresh) = e.shared.refreshes.refresh(oidc, &s).await else {

@@ -57,6 +57,22 @@ const ALICE: Who = Who {
     groups: &["staff"],
     claims: &[("department", "eng"), ("roles", "reader,writer")],
 };
+/// In another department, with roles that are not `admin`: `has` must look for the value,
+/// not for any element.
+const READER: Who = Who {
+    email: Some("rita@example.com"),
+    verified: Some(true),
+    sub: "u-rita",
+    groups: &[],
+    claims: &[("department", "ops"), ("roles", "reader,writer")],
+};
+const ROLE_ADMIN: Who = Who {
+    email: Some("olga@example.com"),
+    verified: Some(true),
+    sub: "u-olga",
+    groups: &[],
+    claims: &[("department", "ops"), ("roles", "reader,admin")],
+};
 const ADMIN: Who = Who {
     email: Some("root@example.com"),
     verified: None,
@@ -223,6 +239,8 @@ fn cases() -> Vec<Case> {
         c(CIDR, None, "GET", "/", None, D),
         c(CLAIMS, Some(ALICE), "GET", "/", None, A),
         c(CLAIMS, Some(ADMIN), "GET", "/", None, D),
+        c(CLAIMS, Some(READER), "GET", "/", None, D),
+        c(CLAIMS, Some(ROLE_ADMIN), "GET", "/", None, A),
         c(CLAIM_STR, Some(ALICE), "GET", "/", None, D),
         c(USER, Some(NOEMAIL), "GET", "/", None, A),
         c(USER, Some(ADMIN), "GET", "/", None, A),

@@ -262,10 +262,24 @@ async fn a_route_that_removes_or_sets_cookie_owns_it_also_beside_the_session() {
     let p = Proxy::start(&format!(
         "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
          \x20 - from: http://rm.test\n    to: {e}\n    remove_request_headers: [Cookie]\n    allowed_groups: [staff]\n\
-         \x20 - from: http://set.test\n    to: {e}\n    set_request_headers: {{Cookie: role=fixed}}\n    allowed_groups: [staff]\n",
+         \x20 - from: http://set.test\n    to: {e}\n    set_request_headers: {{Cookie: role=fixed; tier=gold}}\n    allowed_groups: [staff]\n\
+         \x20 - from: http://other.test\n    to: {e}\n    allowed_groups: [staff]\n",
         e = echo.url()
     ))
     .await;
+    // Another route keeps the client's cookies but for the names set.test sets: a client
+    // cannot pass itself off there as what set.test says.
+    let session = cookie_for("other.test", now() + 600);
+    let cookie = format!("a=1; role=admin; {session}; tier =gold");
+    let r = get(
+        p.addr(),
+        "other.test",
+        "/x",
+        &[("cookie", &cookie), ("cookie", "b=2")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen().all("cookie"), vec!["a=1; b=2"]);
     for host in ["rm.test", "set.test"] {
         let session = cookie_for(host, now() + 600);
         let cookie = format!("a=1; role=admin; {session}");
@@ -280,7 +294,7 @@ async fn a_route_that_removes_or_sets_cookie_owns_it_also_beside_the_session() {
         let want: Vec<&str> = if host == "rm.test" {
             vec![]
         } else {
-            vec!["role=fixed"]
+            vec!["role=fixed; tier=gold"]
         };
         assert_eq!(r.seen().all("cookie"), want, "{host}");
     }
@@ -295,7 +309,7 @@ async fn an_upstream_cannot_set_or_clear_portcullis_cookies() {
     let r = get(
         p.addr(),
         "app.test",
-        "/set-cookie?v=theme%3Ddark&v=__Host-_portcullis%3Dforged%3B%20Path%3D%2F&v=_portcullis%3Dx&v=__Host-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA%3Dy&v=__Secure-_portcullis_signout%3D%3B%20Max-Age%3D0&v=_portcullis_1%3Dz",
+        "/set-cookie?v=theme%3Ddark&v=__Host-_portcullis%3Dforged%3B%20Path%3D%2F&v=_portcullis%3Dx&v=__Host-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA%3Dy&v=__Secure-_portcullis_signout%3D%3B%20Max-Age%3D0&v=_portcullis_1%3Dz&v=%3D__Host-_portcullis%3Devil&v=%20%3D__Host-_portcullis_csrf_AAAAAAAAAAAAAAAAAAAAAA%3Dy&v=%3Dtheme2",
         &[("cookie", &cookie)],
     )
     .await;
@@ -306,7 +320,9 @@ async fn an_upstream_cannot_set_or_clear_portcullis_cookies() {
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect();
-    assert_eq!(set, ["theme=dark"]);
+    // Nameless cookies (`=name=value`) are judged by their value, which some browsers send
+    // back as `name=value`: only Portcullis's go.
+    assert_eq!(set, ["theme=dark", "=theme2"]);
 }
 
 #[tokio::test]
@@ -948,4 +964,169 @@ async fn check_decides_every_request_as_the_running_proxy_does() {
         };
         assert_eq!(answer, want, "{} {} as {}", r.method, r.url, r.who());
     }
+}
+
+/// Opens a WebSocket whose upgrade the upstream answers only after 1.5 s, runs `meanwhile`
+/// while it is in flight, and returns what became of the socket: refused (the status), or
+/// open and then closed (the close frame), or open and still relaying (`None`).
+async fn while_upgrading<F: std::future::Future<Output = ()>>(
+    p: &Proxy,
+    host: &'static str,
+    cookie: &str,
+    meanwhile: F,
+) -> Result<Option<(u16, String)>, u16> {
+    let addr = p.addr();
+    let origin = format!("http://{host}");
+    let cookie = cookie.to_string();
+    let upgrade = tokio::spawn(async move {
+        ws_connect(
+            addr,
+            host,
+            "/slow/1500",
+            &[("origin", &origin), ("cookie", &cookie)],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    meanwhile.await;
+    let mut ws = upgrade.await.unwrap()?;
+    if let Some(closed) = close_reason(&mut ws, Duration::from_secs(2)).await {
+        return Ok(Some(closed));
+    }
+    match ws_roundtrip(&mut ws, "still there?").await {
+        Some(_) => Ok(None),
+        None => Ok(Some((0, "closed without a close frame".into()))),
+    }
+}
+
+#[tokio::test]
+async fn a_sign_out_while_a_websocket_upgrade_is_in_flight_ends_that_socket() {
+    let echo = Echo::start("a").await;
+    let p = proxy(&echo).await;
+    let cookie = cookie_for("app.test", now() + 600);
+    // Control: with no sign-out, the slow upgrade opens and relays.
+    let mut ws = ws_connect(
+        p.addr(),
+        "app.test",
+        "/slow/1500",
+        &[("origin", "http://app.test"), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(ws_roundtrip(&mut ws, "hi").await.as_deref(), Some("hi"));
+    let addr = p.addr();
+    let got = while_upgrading(&p, "app.test", &cookie, async {
+        let r = get(
+            addr,
+            "app.test",
+            "/.portcullis/sign_out",
+            &[("cookie", &cookie)],
+        )
+        .await;
+        assert_eq!(r.status, 302);
+    })
+    .await;
+    match got {
+        Err(status) => assert_eq!(status, 401),
+        Ok(Some((code, reason))) => {
+            assert_eq!(code, 1008);
+            assert!(reason.contains("signed out"), "{reason}");
+        }
+        Ok(None) => panic!("a socket upgraded during its session's sign-out stayed open"),
+    }
+    // The other socket of the same session was closed at the sign-out too.
+    assert!(close_reason(&mut ws, Duration::from_secs(2))
+        .await
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_reload_while_a_websocket_upgrade_is_in_flight_decides_that_socket_too() {
+    let echo = Echo::start("a").await;
+    let yaml = |domain: &str| {
+        format!(
+            "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\n\
+             routes:\n  - from: http://app.test\n    to: {e}\n    allow_websockets: true\n    allowed_domains: [{domain}]\n",
+            e = echo.url()
+        )
+    };
+    let p = Proxy::start(&yaml("example.com")).await;
+    let cookie = cookie_for("app.test", now() + 600);
+    let got = while_upgrading(&p, "app.test", &cookie, async {
+        std::fs::write(&p.config, yaml("other.test")).unwrap();
+        assert!(portcullis::server::reload::reload(&p.handle, &p.config));
+    })
+    .await;
+    match got {
+        Err(status) => assert_eq!(status, 403),
+        Ok(Some((code, reason))) => {
+            assert_eq!(code, 1008);
+            assert!(reason.contains("revoked"), "{reason}");
+        }
+        Ok(None) => panic!("a socket upgraded across a reload that refuses it stayed open"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_session_cookie_planted_under_the_cookie_domain_is_no_session() {
+    let echo = Echo::start("a").await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\ncookie_domain: example.test\n\
+         idp_provider_url: http://127.0.0.1:9\nidp_client_id: c\nidp_client_secret: s\nroutes:\n\
+         \x20 - from: http://a.example.test\n    to: {}\n    pass_identity_headers: true\n    allow_any_authenticated_user: true\n",
+        echo.url()
+    ))
+    .await;
+    let mallory = Identity {
+        sub: "u-mallory".into(),
+        email: Some("mallory@example.com".into()),
+        ..alice()
+    };
+    // A sibling host (www.example.test) planted mallory's session with `Domain=example.test;
+    // Path=/x`: the browser sends it first, beside alice's own.
+    let planted = cookie_in(Some("example.test"), "example.test", now() + 600, mallory);
+    let own = cookie_in(Some("example.test"), "example.test", now() + 600, alice());
+    let req = |cookie: String, accept: &'static str| {
+        let addr = p.addr();
+        async move {
+            get(
+                addr,
+                "a.example.test",
+                "/x",
+                &[("cookie", &cookie), ("accept", accept)],
+            )
+            .await
+        }
+    };
+    // The control: each alone opens, and the same cookie sent twice is still one session.
+    let r = req(own.clone(), "application/json").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.seen().all("x-portcullis-claim-email"),
+        vec!["alice@example.com"]
+    );
+    assert_eq!(req(planted.clone(), "application/json").await.status, 200);
+    assert_eq!(
+        req(format!("{own}; {own}"), "application/json")
+            .await
+            .status,
+        200
+    );
+    let hits = echo.hits();
+    for both in [format!("{planted}; {own}"), format!("{own}; {planted}")] {
+        assert_eq!(req(both.clone(), "application/json").await.status, 401);
+        // A browser is told why, rather than sent round a sign-in that changes nothing.
+        let page = req(both, "text/html").await;
+        assert_eq!(page.status, 400);
+        assert!(
+            page.text().contains("two different session cookies"),
+            "{}",
+            page.text()
+        );
+    }
+    assert_eq!(
+        echo.hits(),
+        hits,
+        "a request with two sessions reached the upstream"
+    );
 }

@@ -129,16 +129,29 @@ pub fn compile(
     // A name Portcullis sets on any route is never taken from a client on any route: a public
     // route to the same upstream would otherwise carry a forged copy of another route's
     // identity or secret header.
+    // `Cookie` is the exception: a route that sets it owns that route's whole header, and on
+    // every other route only the cookie names it sets are stripped.
     let mut owned: Vec<HeaderName> = Vec::new();
+    let mut owned_cookies: Vec<String> = Vec::new();
     for r in &routes {
         for h in &r.owned_headers {
-            if !owned.contains(h) {
+            if !owned.contains(h) && h != http::header::COOKIE {
                 owned.push(h.clone());
+            }
+        }
+        for c in &r.owned_cookies {
+            if !owned_cookies.contains(c) {
+                owned_cookies.push(c.clone());
             }
         }
     }
     for r in &mut routes {
+        let sets_cookie = r.owned_headers.contains(&http::header::COOKIE);
         r.owned_headers.clone_from(&owned);
+        if sets_cookie {
+            r.owned_headers.push(http::header::COOKIE);
+        }
+        r.owned_cookies.clone_from(&owned_cookies);
     }
     let Ctx {
         errs,

@@ -207,6 +207,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         || format!("{}{}", from.origin_string(), path.describe()),
         |n| n.value.clone(),
     );
+    let owned_cookies = cookie_names(&set_request_headers);
     // What the route sets is the route's: a client's copy under any spelling is stripped.
     let owned_headers = jwt_claims_headers
         .iter()
@@ -229,6 +230,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         remove_request_headers,
         pass_identity_headers,
         owned_headers,
+        owned_cookies,
         jwt_claims_headers,
         policy,
         shadow,
@@ -334,4 +336,16 @@ fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// The names of the cookies a route sets in its `Cookie` header.
+fn cookie_names(set: &[(HeaderName, HeaderValue)]) -> Vec<String> {
+    set.iter()
+        .filter(|(n, _)| n == http::header::COOKIE)
+        .flat_map(|(_, v)| crate::http::cookie::pairs(v.as_bytes()))
+        .map(|c| {
+            let n = &c[..memchr::memchr(b'=', c).unwrap_or(c.len())];
+            String::from_utf8_lossy(n.trim_ascii()).into_owned()
+        })
+        .collect()
 }
