@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   PROJECT, assertConnected, assertUnprivileged, connects, cookieHeader, docker, launchBrowser,
-  project, published, request, run, signIn, sleep,
+  project, published, recordSockets, request, run, signIn, sleep,
 } from './lib.mjs';
 
 const ORIGIN = 'https://localhost';
@@ -29,7 +29,7 @@ before(async () => {
   await demo.compose(['--profile', 'demo', 'up', '-d']);
   const healthy = await demo.healthy('portcullis-demo');
   await demo.logged('openclaw-demo', '[gateway] ready');
-  console.log(`# demo profile up: portcullis-demo healthy after ${healthy.toFixed(0)} s, gateway ready after ${((Date.now() - up) / 1000).toFixed(0)} s`);
+  console.log(`demo profile up: portcullis-demo healthy after ${healthy.toFixed(0)} s, gateway ready after ${((Date.now() - up) / 1000).toFixed(0)} s`);
   browser = await launchBrowser();
 });
 
@@ -138,7 +138,7 @@ test('a route added to the mounted config on the host is served within seconds',
   }
   assert.equal(r.status, 200, `the new route is not served after 10 s:\n${(await demo.logs('portcullis-demo')).slice(-2000)}`);
   assert.equal(JSON.parse(r.body).issuer, IDP);
-  console.log(`# the added route was served ${((Date.now() - start) / 1000).toFixed(1)} s after the edit`);
+  console.log(`the added route was served ${((Date.now() - start) / 1000).toFixed(1)} s after the edit`);
 });
 
 test('docker compose restart keeps a signed-in browser signed in and a revoked cookie revoked', async () => {
@@ -165,12 +165,7 @@ test('docker compose restart keeps a signed-in browser signed in and a revoked c
   assert.equal((await json(stolen)).status, 401, 'the revoked cookie stays revoked (the data volume)');
   // The browser itself: straight back into the control UI, no sign-in, connected again.
   const page = await signedIn.context.newPage();
-  const sockets = [];
-  page.on('websocket', (ws) => {
-    const s = { url: ws.url(), received: [] };
-    sockets.push(s);
-    ws.on('framereceived', (f) => s.received.push(String(f.payload)));
-  });
+  const sockets = recordSockets(page);
   await page.goto(`${ORIGIN}/`, { waitUntil: 'domcontentloaded' });
   assert.equal(new URL(page.url()).origin, ORIGIN, `not sent to sign in again: ${page.url()}`);
   await assertConnected({ page, sockets }, ORIGIN, gatewayLogs);

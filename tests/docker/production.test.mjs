@@ -53,7 +53,9 @@ function configFromExample() {
   edit('# certificates:\n#   - cert: /config/tls/fullchain.pem\n#     key: /config/tls/privkey.pem',
     'certificates:\n  - cert: /config/tls/fullchain.pem\n    key: /config/tls/privkey.pem');
   edit('idp_provider_url: https://accounts.example.com', `idp_provider_url: ${IDP}`);
-  edit('from: https://openclaw.example.com', `from: ${ORIGIN}`);
+  // PUBLIC_HOST everywhere: the route's `from` and the URLs of the policy's `tests:`.
+  assert.match(yaml, /from: https:\/\/openclaw\.example\.com\s/, 'config.example.yaml no longer routes https://openclaw.example.com');
+  yaml = yaml.replaceAll('https://openclaw.example.com', ORIGIN);
   return yaml;
 }
 
@@ -102,7 +104,7 @@ before(async () => {
   await prod.compose(['up', '-d']);
   const healthy = await prod.healthy('portcullis');
   await prod.logged('openclaw-gateway', '[gateway] ready');
-  console.log(`# openclaw profile up: portcullis healthy after ${healthy.toFixed(0)} s, gateway ready after ${((Date.now() - up) / 1000).toFixed(0)} s`);
+  console.log(`openclaw profile up: portcullis healthy after ${healthy.toFixed(0)} s, gateway ready after ${((Date.now() - up) / 1000).toFixed(0)} s`);
   browser = await launchBrowser([HOST, 'test-idp']);
 });
 
