@@ -241,6 +241,7 @@ fn benches(c: &mut Criterion) {
                         owned: &owned,
                         remove: &[],
                         set: &[],
+                        granted: &[],
                         identity: identity.to_vec(),
                     },
                 );

@@ -196,13 +196,22 @@ pub fn explain_text(
             " (anonymous: a browser is sent to sign in, other clients get 401)",
         ),
     };
-    Ok((
-        format!(
-            "{word}\troute `{name}` at {source}:{line}\n\tdecided by: {rule}\n\treason: {}{note}",
-            v.reason
-        ),
-        outcome,
-    ))
+    let mut text = format!(
+        "{word}\troute `{name}` at {source}:{line}\n\tdecided by: {rule}\n\treason: {}{note}",
+        v.reason
+    );
+    if let Some(u) = &v.upstream {
+        text.push_str(&format!("\n\tupstream: {u}"));
+    }
+    match &v.grant {
+        Some((g, at)) => text.push_str(&format!(
+            "\n\tgrant: {source}:{}:{} sets {g}",
+            at.line, at.col
+        )),
+        None if v.answer == Answer::Allow => text.push_str("\n\tgrant: none"),
+        None => {}
+    }
+    Ok((text, outcome))
 }
 
 /// `explain --diff OLD NEW`: every decision that differs between the two configs, one line
@@ -230,7 +239,7 @@ pub fn diff_text(old: &Path, new: &Path, env: &dyn Env) -> Result<Vec<String>, S
             continue;
         }
         let (va, vb) = (decide(&a, &r), decide(&b, &r));
-        if va.answer != vb.answer {
+        if va.effect() != vb.effect() {
             lines.push(format!(
                 "{key}: {} → {}\t(old: {}; new: {})",
                 va.answer.word(),

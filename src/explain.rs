@@ -146,6 +146,10 @@ pub struct Verdict {
     /// The rule that decided, if one did.
     pub rule: Option<RuleOrigin>,
     pub reason: &'static str,
+    /// On an allow: the upstreams that serve it (`Target::describe`).
+    pub upstream: Option<String>,
+    /// On an allow with a grant: the headers it sets (`Name: value, …`) and where it is written.
+    pub grant: Option<(String, Pos)>,
 }
 
 impl Verdict {
@@ -158,9 +162,26 @@ impl Verdict {
             Some(r) => format!("{} at {source}:{}:{}", r.key, r.pos.line, r.pos.col),
             None => "no rule".into(),
         };
-        format!(
+        let mut out = format!(
             "route `{name}` ({source}:{line}), decided by {rule}: {}",
             self.reason
+        );
+        if let Some(u) = &self.upstream {
+            out.push_str(&format!("; upstream {u}"));
+        }
+        if let Some((g, at)) = &self.grant {
+            out.push_str(&format!("; grant at {source}:{}:{} sets {g}", at.line, at.col));
+        }
+        out
+    }
+
+    /// Everything that reaches the upstream for this request: whether, where, and with what
+    /// grant (what `explain --diff` compares).
+    pub fn effect(&self) -> (Answer, Option<&str>, Option<&str>) {
+        (
+            self.answer,
+            self.upstream.as_deref(),
+            self.grant.as_ref().map(|(g, _)| g.as_str()),
         )
     }
 }
@@ -173,6 +194,8 @@ pub fn decide(routes: &RouteTable, r: &Request) -> Verdict {
             route: None,
             rule: None,
             reason: "no route matches",
+            upstream: None,
+            grant: None,
         };
     };
     let facts = Facts {
@@ -181,7 +204,19 @@ pub fn decide(routes: &RouteTable, r: &Request) -> Verdict {
         ip: r.ip,
     };
     let d = evaluate(&route.policy, r.identity.as_deref(), &facts);
+    let allowed = d.outcome == Outcome::Allow;
+    let grant = d.grant.filter(|_| allowed).and_then(|g| {
+        let at = route.policy.grants.get(g)?.pos;
+        let headers: Vec<String> = route
+            .granted(Some(g))
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        Some((headers.join(", "), at))
+    });
     Verdict {
+        upstream: allowed.then(|| route.target(d.target).describe()),
+        grant,
         answer: match d.outcome {
             Outcome::Allow => Answer::Allow,
             Outcome::Deny => Answer::Deny,
@@ -249,7 +284,7 @@ pub fn run_tests(routes: &RouteTable, cases: &[Case], source: &str) -> Vec<Failu
 
 /// The requests a set of routes' policies name, to compare two configs on: on each route's host
 /// (its scheme and port), the paths its matcher and its rules name (and `/`), as each user a
-/// rule names (an email, a subject, someone at a named domain, a member of a named group, a user
+/// rule, a `to` entry or a grant names (an email, a subject, someone at a named domain, a member of a named group, a user
 /// with a named claim value), as a signed-in user no rule names, and anonymously; with each
 /// method and client address a rule names.
 pub fn probes(routes: &RouteTable) -> Vec<Request> {
@@ -357,6 +392,12 @@ pub fn probes(routes: &RouteTable) -> Vec<Request> {
         }
         for rule in &r.policy.rules {
             for e in rule.allow.iter().chain(&rule.deny) {
+                walk(e, &mut paths, &mut who, &mut methods, &mut ips);
+            }
+        }
+        // Who a `to` entry or a grant picks: a change of upstream or of grant shows too.
+        for c in r.policy.targets.iter().chain(&r.policy.grants) {
+            if let Some(e) = &c.when {
                 walk(e, &mut paths, &mut who, &mut methods, &mut ips);
             }
         }

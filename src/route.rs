@@ -63,15 +63,50 @@ impl PathMatch {
     }
 }
 
+/// One `to` entry: the upstreams that serve the users its `when` picks (the route's policy
+/// holds the `when`s, see `policy::Policy::targets`), round-robin.
+pub struct Target {
+    pub upstreams: Vec<Upstream>,
+    /// Round-robin cursor over `upstreams`.
+    pub next: AtomicUsize,
+}
+
+impl Target {
+    pub fn new(upstreams: Vec<Upstream>) -> Target {
+        Target {
+            upstreams,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Its upstreams as written (`http://a:1, http://b:2/base`), for `explain`, the logs and
+    /// telling whether a reload moved a WebSocket's user elsewhere.
+    pub fn describe(&self) -> String {
+        self.upstreams
+            .iter()
+            .map(|u| format!("{}{}", u.pool_key, u.base_path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Upstreams in the order to try them: round-robin start, then the others.
+    fn order(&self) -> impl Iterator<Item = &Upstream> {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(move |i| &self.upstreams[(start + i) % n])
+    }
+}
+
 /// A compiled route.
 pub struct Route {
     /// For logs and metrics (bounded: never a raw request path).
     pub name: String,
     pub from: FromMatch,
     pub path: PathMatch,
-    pub upstreams: Vec<Upstream>,
-    /// Round-robin cursor over `upstreams`.
-    pub next: AtomicUsize,
+    /// The `to` entries, at least one; the policy's decision names the one that serves.
+    pub targets: Vec<Target>,
+    /// Each grant's headers, in the order of `policy.grants`.
+    pub grants: Vec<Vec<(http::HeaderName, HeaderValue)>>,
     pub prefix_rewrite: Option<String>,
     pub preserve_host_header: bool,
     pub allow_websockets: bool,
@@ -106,22 +141,29 @@ pub struct Route {
 }
 
 impl Route {
-    /// Upstream indexes in the order to try them: round-robin start, then the others.
-    pub fn upstream_order(&self) -> impl Iterator<Item = &Upstream> {
-        let n = self.upstreams.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n).map(move |i| &self.upstreams[(start + i) % n])
+    /// The `to` entry the policy chose (`Permitted::target`); the first should an index
+    /// ever be out of range (it cannot be: both come from the same compiled route).
+    pub fn target(&self, chosen: usize) -> &Target {
+        self.targets.get(chosen).unwrap_or(&self.targets[0])
     }
 
-    /// Where this route sends a request: its client and upstreams, round-robin.
-    pub fn destination(&self) -> Destination<'_, impl Iterator<Item = &Upstream>> {
+    /// Where this route sends a request the policy let through to `to` entry `chosen`: its
+    /// client and that entry's upstreams, round-robin.
+    pub fn destination(&self, chosen: usize) -> Destination<'_, impl Iterator<Item = &Upstream>> {
         Destination {
             client: &self.client,
-            upstreams: self.upstream_order(),
+            upstreams: self.target(chosen).order(),
             preserve_host: self.preserve_host_header,
             timeout: self.timeout,
             name: &self.name,
         }
+    }
+
+    /// The headers of grant `chosen` (`Permitted::grant`), none without one.
+    pub fn granted(&self, chosen: Option<usize>) -> &[(http::HeaderName, HeaderValue)] {
+        chosen
+            .and_then(|g| self.grants.get(g))
+            .map_or(&[], Vec::as_slice)
     }
 }
 

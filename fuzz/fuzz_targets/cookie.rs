@@ -120,6 +120,7 @@ fn among_neighbours(data: &[u8]) {
             owned: &[],
             remove: &[],
             set: &[],
+            granted: &[],
             identity: Vec::new(),
         },
     );

@@ -98,7 +98,8 @@ pub struct RawRoute {
     /// A label for logs and metrics; defaults to `from` (+ path matcher).
     pub name: Option<S<String>>,
     pub from: S<String>,
-    pub to: S<OneOrMany>,
+    /// A URL, a list of URLs, or a list of `{when, to}` entries (compile/choices.rs).
+    pub to: Node,
     pub prefix: Option<S<String>>,
     pub path: Option<S<String>>,
     pub regex: Option<S<String>>,
@@ -114,6 +115,8 @@ pub struct RawRoute {
     pub remove_request_headers: Option<S<Vec<String>>>,
     pub pass_identity_headers: Option<bool>,
     pub jwt_claims_headers: Option<S<BTreeMap<String, String>>>,
+    /// A list of `{when, set_request_headers}`: the first that matches the user applies.
+    pub grants: Option<Node>,
     pub allow_public_unauthenticated_access: Option<S<bool>>,
     pub allow_any_authenticated_user: Option<S<bool>>,
     pub policy: Option<Node>,

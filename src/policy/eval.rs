@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{ClaimMatch, ClaimValue, Criterion, Expr, Identity, Policy, RuleOrigin, StrMatch};
+use super::{
+    Choice, ClaimMatch, ClaimValue, Criterion, Expr, Identity, Policy, RuleOrigin, StrMatch,
+};
 
 /// What the request is, besides who sends it.
 #[derive(Clone, Copy, Debug)]
@@ -23,16 +25,67 @@ pub enum Outcome {
     Unauthenticated,
 }
 
-/// The outcome, the rule that decided it (if one did), and why.
+/// The outcome, the rule that decided it (if one did), and why; for an allow, which `to`
+/// entry serves it and which grant applies.
 #[derive(Clone, Copy, Debug)]
 pub struct Decision<'p> {
     pub outcome: Outcome,
     pub rule: Option<&'p RuleOrigin>,
     pub reason: &'static str,
+    /// The `to` entry (0 for a plain `to`); meaningful on an allow.
+    pub target: usize,
+    /// The grant whose headers are set, if one applies (only on an allow).
+    pub grant: Option<usize>,
 }
 
-/// Decides one request.
+/// Why an allowed user is refused when no `to` entry is theirs (a 403 that says so).
+pub const NO_UPSTREAM: &str = "no upstream is assigned to this user (no `to` entry's `when` matches)";
+
+/// The first entry whose condition holds; one that needs an identity never holds without one.
+fn first(choices: &[Choice], id: Option<&Identity>, facts: &Facts<'_>) -> Option<usize> {
+    choices.iter().position(|c| match &c.when {
+        None => true,
+        Some(_) if c.needs_identity && id.is_none() => false,
+        Some(e) => eval_expr(e, id, facts),
+    })
+}
+
+/// Decides one request: whether it passes, then (when it does) its upstream and its grant.
 pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>) -> Decision<'p> {
+    let d = decide_access(policy, id, facts);
+    if d.outcome != Outcome::Allow {
+        return d;
+    }
+    let target = if policy.targets.is_empty() {
+        Some(0)
+    } else {
+        first(&policy.targets, id, facts)
+    };
+    let Some(target) = target else {
+        let by_identity = policy.targets.iter().any(|c| c.needs_identity);
+        return Decision {
+            outcome: if id.is_none() && by_identity {
+                Outcome::Unauthenticated
+            } else {
+                Outcome::Deny
+            },
+            reason: NO_UPSTREAM,
+            ..d
+        };
+    };
+    Decision {
+        target,
+        grant: first(&policy.grants, id, facts),
+        ..d
+    }
+}
+
+/// Whether the request passes: deny rules first, then any allow.
+fn decide_access<'p>(
+    policy: &'p Policy,
+    id: Option<&Identity>,
+    facts: &Facts<'_>,
+) -> Decision<'p> {
     let mut allowed_by = None;
     for rule in &policy.rules {
         if let Some(deny) = &rule.deny {
@@ -43,12 +96,16 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
                         rule: Some(&rule.origin),
                         reason:
                             "a deny rule matched an anonymous request; signing in may change that",
+                        target: 0,
+                        grant: None,
                     };
                 }
                 return Decision {
                     outcome: Outcome::Deny,
                     rule: Some(&rule.origin),
                     reason: "a deny rule matched",
+                    target: 0,
+                    grant: None,
                 };
             }
         }
@@ -66,11 +123,15 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
             outcome: Outcome::Allow,
             rule: Some(rule),
             reason: "an allow rule matched and no deny rule did",
+            target: 0,
+            grant: None,
         },
         None if id.is_none() && policy.wants_identity => Decision {
             outcome: Outcome::Unauthenticated,
             rule: None,
             reason: "sign-in required",
+            target: 0,
+            grant: None,
         },
         None => Decision {
             outcome: Outcome::Deny,
@@ -80,6 +141,8 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
             } else {
                 "no allow rule matched"
             },
+            target: 0,
+            grant: None,
         },
     }
 }
@@ -93,6 +156,10 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
 pub struct Permitted {
     pub identity: Option<Arc<Identity>>,
     pub rule: Option<RuleOrigin>,
+    /// The route's `to` entry that serves the request (0 for a plain `to`).
+    pub target: usize,
+    /// The route's grant whose headers are set, if one applies.
+    pub grant: Option<usize>,
     _sealed: (),
 }
 
@@ -119,6 +186,8 @@ pub fn authorize(
         Outcome::Allow => Ok(Permitted {
             identity,
             rule,
+            target: d.target,
+            grant: d.grant,
             _sealed: (),
         }),
         Outcome::Unauthenticated => Err(Refusal::Unauthenticated),

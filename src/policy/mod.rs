@@ -21,6 +21,11 @@ use crate::config::error::Pos;
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// The route's `to` entries, in order: the first whose condition holds picks the upstream.
+    /// Empty for a plain `to` (its one list of upstreams serves everyone).
+    pub targets: Vec<Choice>,
+    /// The route's `grants`, in order: the first whose condition holds sets its headers.
+    pub grants: Vec<Choice>,
     /// True when some allow clause refers to who the user is: an anonymous request that no
     /// rule lets through is then asked to sign in rather than refused.
     pub wants_identity: bool,
@@ -40,8 +45,41 @@ impl Policy {
                 .any(|r| r.deny.as_ref().is_some_and(Expr::needs_identity));
         Policy {
             rules,
+            targets: Vec::new(),
+            grants: Vec::new(),
             wants_identity,
             uses_identity,
+        }
+    }
+
+    /// With the route's `to` entries and grants: the session is then read when any of them
+    /// mentions who the user is, and an anonymous request that only a signed-in user could
+    /// be given an upstream for is asked to sign in.
+    pub fn with_choices(mut self, targets: Vec<Choice>, grants: Vec<Choice>) -> Policy {
+        let chooses_by_identity = targets.iter().chain(&grants).any(|c| c.needs_identity);
+        self.uses_identity |= chooses_by_identity;
+        self.targets = targets;
+        self.grants = grants;
+        self
+    }
+}
+
+/// A `when` of a `to` entry or a grant, with where it is written. `None` is the entry without
+/// `when`: everyone.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub when: Option<Expr>,
+    pub pos: Pos,
+    /// The condition mentions who the user is: it never holds for an anonymous request.
+    pub needs_identity: bool,
+}
+
+impl Choice {
+    pub fn new(when: Option<Expr>, pos: Pos) -> Choice {
+        Choice {
+            needs_identity: when.as_ref().is_some_and(Expr::needs_identity),
+            when,
+            pos,
         }
     }
 }

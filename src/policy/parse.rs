@@ -182,6 +182,46 @@ fn rule(node: &Node, errs: &mut Errors<'_>) -> Option<Rule> {
     ))
 }
 
+/// A `when` (of a `to` entry or a grant): what an allow block takes — logical operators — or
+/// criteria written directly (`when: {groups: {has: admins}}`); all of them must hold.
+pub fn condition(node: &Node, errs: &mut Errors<'_>) -> Option<Expr> {
+    let NodeKind::Map(entries) = &node.kind else {
+        errs.at(
+            node.pos,
+            format!(
+                "`when` takes criteria (`groups: {{ has: admins }}`) or logical operators (and, or, not, nor), not {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    if entries.is_empty() {
+        errs.at(node.pos, "`when` is empty: give at least one criterion, or leave `when` out to match everyone");
+        return None;
+    }
+    let before = errs.list.len();
+    let mut all = Vec::with_capacity(entries.len());
+    for (key, kpos, value) in entries {
+        match operator(key, *kpos, value, errs) {
+            Some(Some(e)) => all.push(e),
+            Some(None) => {}
+            None => {
+                if let Some(c) = criterion(key, *kpos, value, errs) {
+                    all.push(Expr::Crit(c));
+                }
+            }
+        }
+    }
+    if errs.list.len() > before {
+        return None;
+    }
+    Some(if all.len() == 1 {
+        all.remove(0)
+    } else {
+        Expr::And(all)
+    })
+}
+
 /// An action's body: one or more operators, all of which must hold.
 fn body(node: &Node, errs: &mut Errors<'_>) -> Option<Expr> {
     let NodeKind::Map(entries) = &node.kind else {

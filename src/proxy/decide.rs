@@ -5,7 +5,7 @@
 use http::{header, Method, Request};
 
 use super::error::ProxyError;
-use crate::policy::eval::Permitted;
+use crate::policy::eval::{Permitted, NO_UPSTREAM};
 use crate::policy::Refusal;
 
 /// What the request was, as far as the table cares.
@@ -50,10 +50,17 @@ pub fn decide(verdict: Result<Permitted, Refusal>, asked: Asked) -> Next {
         Err(Refusal::Unauthenticated) => Next::Refuse(ProxyError::Unauthenticated),
         Err(Refusal::Denied {
             identity, reason, ..
-        }) => Next::Refuse(ProxyError::Forbidden {
-            who: identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone())),
-            reason: reason.to_string(),
-        }),
+        }) => {
+            let who = identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()));
+            Next::Refuse(if reason == NO_UPSTREAM {
+                ProxyError::NoUpstream { who }
+            } else {
+                ProxyError::Forbidden {
+                    who,
+                    reason: reason.to_string(),
+                }
+            })
+        }
     }
 }
 

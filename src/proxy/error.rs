@@ -29,6 +29,10 @@ pub enum ProxyError {
         who: Option<String>,
         reason: String,
     },
+    /// Let in by the policy, but no `to` entry's `when` picks this user.
+    NoUpstream {
+        who: Option<String>,
+    },
     WebSocketNotAllowed,
     OriginNotAllowed,
     /// The identity provider cannot be reached yet.
@@ -58,6 +62,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. }
+            | ProxyError::NoUpstream { .. }
             | ProxyError::WebSocketNotAllowed
             | ProxyError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::IdpUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +80,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Unauthenticated => "unauthenticated",
             ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::NoUpstream { .. } => "no_upstream",
             ProxyError::WebSocketNotAllowed => "websocket_not_allowed",
             ProxyError::OriginNotAllowed => "origin_not_allowed",
             ProxyError::IdpUnavailable => "idp_unavailable",
@@ -96,6 +102,12 @@ impl ProxyError {
                 format!("You are signed in as {w}, and this account may not open this page.")
             }
             ProxyError::Forbidden { who: None, .. } => "Access to this page is not allowed.".into(),
+            ProxyError::NoUpstream { who: Some(w) } => format!(
+                "You are signed in as {w}, and no gateway is assigned to this account here. Ask an administrator to assign you one."
+            ),
+            ProxyError::NoUpstream { who: None } => {
+                "No gateway is assigned to you here. Ask an administrator to assign you one.".into()
+            }
             ProxyError::WebSocketNotAllowed => {
                 "WebSocket connections are not allowed on this route.".into()
             }
@@ -117,7 +129,10 @@ impl ProxyError {
     pub fn into_response(self, wants_json: bool) -> Response<Body> {
         let status = self.status();
         let msg = self.message();
-        let sign_out = matches!(self, ProxyError::Forbidden { who: Some(_), .. });
+        let sign_out = matches!(
+            self,
+            ProxyError::Forbidden { who: Some(_), .. } | ProxyError::NoUpstream { who: Some(_) }
+        );
         if wants_json {
             let body = serde_json::json!({ "error": self.code(), "message": msg, "status": status.as_u16() });
             page(status, "application/json", body.to_string())

@@ -228,10 +228,13 @@ async fn inner<'r>(
         HeaderValue::from_str(&target.authority)
             .map_err(|_| ProxyError::BadRequest("malformed Host".into()))?
     } else {
-        route.upstreams[0].host_header.clone()
+        route.target(permitted.target).upstreams[0].host_header.clone()
     };
     let identity = match (&permitted.identity, sid) {
-        (Some(id), Some(sid)) => identity_headers(rt, route, target, route.from.https, id, &sid),
+        (Some(id), Some(sid)) => {
+            let audience = &route.target(permitted.target).upstreams[0].host;
+            identity_headers(rt, route, target, audience, id, &sid)
+        }
         _ => Vec::new(),
     };
     let headers = headers::request_headers(
@@ -247,6 +250,7 @@ async fn inner<'r>(
             owned: &route.owned_headers,
             remove: &route.remove_request_headers,
             set: &route.set_request_headers,
+            granted: route.granted(permitted.grant),
             identity,
         },
     );
@@ -270,12 +274,22 @@ async fn inner<'r>(
                 path: target.path.clone(),
                 ip: conn.peer.ip(),
                 identity: permitted.identity.clone(),
+                upstream: route.target(permitted.target).describe(),
+                granted: route.granted(permitted.grant).to_vec(),
                 revoke,
             }),
         }
     });
     let mut resp =
-        upstream::send(route.destination(), &permitted, parts, &headers, pq, body).await?;
+        upstream::send(
+            route.destination(permitted.target),
+            &permitted,
+            parts,
+            &headers,
+            pq,
+            body,
+        )
+        .await?;
     headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -393,16 +407,17 @@ const CLAIM_EMAIL: HeaderName = HeaderName::from_static("x-portcullis-claim-emai
 const CLAIM_GROUPS: HeaderName = HeaderName::from_static("x-portcullis-claim-groups");
 
 /// The identity headers for the upstream: the assertion JWT, and the claims headers.
+/// The assertion's `aud` is the host of the upstream the policy chose.
 fn identity_headers(
     rt: &Runtime,
     route: &Route,
     target: &Target,
-    https: bool,
+    audience: &str,
     id: &Identity,
     sid: &[u8; 16],
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    let audience = &route.upstreams[0].host;
+    let https = route.from.https;
     if let Some(v) =
         rt.auth
             .signer

@@ -91,6 +91,9 @@ pub struct Forwarding<'a> {
     pub owned: &'a [HeaderName],
     pub remove: &'a [HeaderName],
     pub set: &'a [(HeaderName, HeaderValue)],
+    /// The headers of the grant the policy chose for this user (after `set`: a grant's value
+    /// wins over the route's for the same name).
+    pub granted: &'a [(HeaderName, HeaderValue)],
     /// Identity headers for a signed-in user (assertion, claims), added last.
     pub identity: Vec<(HeaderName, HeaderValue)>,
 }
@@ -224,7 +227,7 @@ pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> 
         forwarded_cookies(&h, fw.cookie_name, fw.owned_cookies)
     };
     let mut added = Added {
-        list: Vec::with_capacity(5 + fw.set.len() + fw.identity.len()),
+        list: Vec::with_capacity(5 + fw.set.len() + fw.granted.len() + fw.identity.len()),
         mask: 0,
     };
     // X-Forwarded-Host is the Host the client sent: the same bytes, shared rather than copied.
@@ -240,7 +243,7 @@ pub fn request_headers(h: HeaderMap, fw: Forwarding<'_>) -> UpstreamHeaders<'_> 
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if fw.https { "https" } else { "http" }),
     );
-    for (k, v) in fw.set {
+    for (k, v) in fw.set.iter().chain(fw.granted) {
         added.set(k.clone(), v.clone());
     }
     for (k, v) in fw.identity {
@@ -371,6 +374,7 @@ mod tests {
             owned,
             remove: &[],
             set: &[],
+            granted: &[],
             identity: Vec::new(),
         }
     }

@@ -18,6 +18,10 @@ pub struct OpenSocket {
     pub path: String,
     pub ip: IpAddr,
     pub identity: Option<Arc<Identity>>,
+    /// The upstreams serving it (`Target::describe`) and the headers its grant set: a reload
+    /// that moves the user to another `to` entry or changes what they are granted closes it.
+    pub upstream: String,
+    pub granted: Vec<(http::HeaderName, http::HeaderValue)>,
     pub revoke: Arc<Notify>,
 }
 
@@ -87,8 +91,9 @@ impl Registry {
     }
 }
 
-/// Does `rt` still let this socket's user in (its route, with `allow_websockets`, and its
-/// policy for the socket's identity)?
+/// Does `rt` still let this socket's user in as it was let in (its route, with
+/// `allow_websockets`, its policy for the socket's identity, the same upstreams and the same
+/// grant)?
 fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
     rt.routes.find(&s.host, s.port, &s.path).is_some_and(|r| {
         let facts = Facts {
@@ -96,7 +101,10 @@ fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
             path: &s.path,
             ip: Some(s.ip),
         };
+        let d = evaluate(&r.policy, s.identity.as_deref(), &facts);
         r.allow_websockets
-            && evaluate(&r.policy, s.identity.as_deref(), &facts).outcome == Outcome::Allow
+            && d.outcome == Outcome::Allow
+            && r.target(d.target).describe() == s.upstream
+            && r.granted(d.grant) == s.granted.as_slice()
     })
 }

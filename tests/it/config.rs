@@ -88,7 +88,7 @@ fn semantic_errors_point_at_the_value() {
     );
     assert_error(
         &format!("{HEAD}  - from: https://a\n    to: [http://b, 'file:///etc']\n"),
-        "4:9",
+        "4:20",
         "file:///etc",
     );
     assert_error(

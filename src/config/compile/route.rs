@@ -9,9 +9,9 @@ use crate::config::error::Pos;
 use crate::config::raw::{RawConfig, RawRoute};
 use crate::policy::parse::{compile as compile_policy, PolicyInput};
 use crate::route::{FromMatch, PathMatch, Route};
-use crate::upstream::{Upstream, UpstreamClient, UpstreamTls};
+use crate::upstream::{UpstreamClient, UpstreamTls};
 
-use super::{as_list, canonical_path, dur, pos, Ctx};
+use super::{as_list, canonical_path, choices, dur, pos, Ctx};
 
 /// A header-name → value map (`set_request_headers`, `jwt_claims_headers`), names checked.
 fn header_pairs(
@@ -34,7 +34,7 @@ fn header_pairs(
 pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<Route> {
     let before = cx.errs.list.len();
     let from = from_url(cx, &r.from);
-    let upstreams = to_urls(cx, r);
+    let targets = choices::targets(cx, &r.to);
 
     let matchers = [&r.prefix, &r.path, &r.regex]
         .iter()
@@ -103,36 +103,17 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         }
     });
 
-    let mut set_request_headers = Vec::new();
-    if let Some(m) = &r.set_request_headers {
-        for (name, value) in header_pairs(cx, "set_request_headers", m) {
-            let folded = crate::http::hop::folded_name(&name);
-            if folded == http::header::HOST
-                || folded == http::header::CONTENT_LENGTH
-                || crate::http::hop::is_hop_by_hop(&folded)
-            {
-                // Written by Portcullis itself: a value here would be ignored or break framing.
-                cx.errs.at(
-                    pos(m),
-                    format!(
-                        "set_request_headers: `{name}` is Portcullis's to write (the upstream's \
-                         Host is the `to` URL's, or the client's with preserve_host_header; \
-                         framing and hop-by-hop headers belong to each connection)"
-                    ),
-                );
-                continue;
-            }
-            match HeaderValue::from_str(&value) {
-                Ok(v) => set_request_headers.push((name, v)),
-                Err(_) => cx.errs.at(
-                    pos(m),
-                    format!(
-                        "set_request_headers: the value of `{name}` is not a valid header value"
-                    ),
-                ),
-            }
+    let set_request_headers = match &r.set_request_headers {
+        Some(m) => {
+            let pairs = m.value.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            settable_headers(cx, "set_request_headers", pairs, pos(m))
         }
-    }
+        None => Vec::new(),
+    };
+    let (grants, grant_choices) = match &r.grants {
+        Some(node) => choices::grants(cx, node).unwrap_or_default(),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut remove_request_headers = Vec::new();
     if let Some(list) = &r.remove_request_headers {
         for n in &list.value {
@@ -171,7 +152,11 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
             .as_ref()
             .map(|b| (b.value, pos(b))),
     };
-    let policy = compile_policy(&input, &mut cx.errs);
+    let (targets, target_choices) = match targets {
+        Some((t, c)) => (Some(t), c),
+        None => (None, Vec::new()),
+    };
+    let policy = compile_policy(&input, &mut cx.errs).with_choices(target_choices, grant_choices);
     // Tried beside the policy on every request, never enforced (same language, `policy` only).
     let shadow = r.shadow_policy.as_ref().map(|node| {
         compile_policy(
@@ -202,7 +187,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
     if cx.errs.list.len() > before {
         return None;
     }
-    let (from, upstreams, path, client) = (from?, upstreams?, path?, client?);
+    let (from, targets, path, client) = (from?, targets?, path?, client?);
     let name = r.name.as_ref().map_or_else(
         || format!("{}{}", from.origin_string(), path.describe()),
         |n| n.value.clone(),
@@ -213,14 +198,15 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         .iter()
         .map(|(h, _)| h)
         .chain(set_request_headers.iter().map(|(h, _)| h))
+        .chain(grants.iter().flatten().map(|(h, _)| h))
         .map(crate::http::hop::folded_name)
         .collect();
     Some(Route {
         name,
         from,
         path,
-        upstreams,
-        next: std::sync::atomic::AtomicUsize::new(0),
+        targets,
+        grants,
         prefix_rewrite,
         preserve_host_header: r.preserve_host_header.unwrap_or(false),
         allow_websockets: r.allow_websockets.unwrap_or(false),
@@ -288,54 +274,46 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
     })
 }
 
-fn to_urls(cx: &mut Ctx<'_>, r: &RawRoute) -> Option<Vec<Upstream>> {
-    let list = r.to.value.to_vec();
-    if list.is_empty() {
-        cx.errs.at(pos(&r.to), "to: give at least one upstream URL");
-        return None;
-    }
+/// Headers a route sets (`set_request_headers`, a grant's): names and values checked, and
+/// none that Portcullis writes itself.
+pub(super) fn settable_headers(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    pairs: Vec<(String, String)>,
+    at: Pos,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    for s in list {
-        let u = match url::Url::parse(&s) {
-            Ok(u) => u,
-            Err(e) => {
-                cx.errs
-                    .at(pos(&r.to), format!("to: `{s}` is not a URL ({e})"));
-                continue;
-            }
+    for (name, value) in pairs {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            cx.errs
+                .at(at, format!("{key}: `{name}` is not a valid header name"));
+            continue;
         };
-        if u.scheme() != "http" && u.scheme() != "https" {
-            cx.errs.at(
-                pos(&r.to),
-                format!("to: `{s}`: upstreams are http:// or https://"),
-            );
-            continue;
-        }
-        if u.host_str().is_none_or(str::is_empty)
-            || u.query().is_some()
-            || u.fragment().is_some()
-            || !u.username().is_empty()
+        let folded = crate::http::hop::folded_name(&name);
+        if folded == http::header::HOST
+            || folded == http::header::CONTENT_LENGTH
+            || crate::http::hop::is_hop_by_hop(&folded)
         {
+            // Written by Portcullis itself: a value here would be ignored or break framing.
             cx.errs.at(
-                pos(&r.to),
-                format!("to: `{s}`: needs a host, and no query, fragment or user name"),
+                at,
+                format!(
+                    "{key}: `{name}` is Portcullis's to write (the upstream's \
+                     Host is the `to` URL's, or the client's with preserve_host_header; \
+                     framing and hop-by-hop headers belong to each connection)"
+                ),
             );
             continue;
         }
-        if crate::http::target::normalize_path(u.path()).as_deref() != Ok(u.path()) {
-            // Put in front of every forwarded path: it must not change how that path resolves.
-            cx.errs.at(
-                pos(&r.to),
-                format!("to: `{s}`: the path must be normalized (no `//`, `.` or `..` segments)"),
-            );
-            continue;
-        }
-        match Upstream::from_url(&u) {
-            Ok(up) => out.push(up),
-            Err(e) => cx.errs.at(pos(&r.to), format!("to: `{s}`: {e}")),
+        match HeaderValue::from_str(&value) {
+            Ok(v) => out.push((name, v)),
+            Err(_) => cx.errs.at(
+                at,
+                format!("{key}: the value of `{name}` is not a valid header value"),
+            ),
         }
     }
-    (!out.is_empty()).then_some(out)
+    out
 }
 
 /// The names of the cookies a route sets in its `Cookie` header.
