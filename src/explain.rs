@@ -97,12 +97,24 @@ impl Request {
         })
     }
 
-    /// Who, in a few words: the email, else the subject, else "anonymous".
+    /// Who, in a few words: the email, else the subject, else "anonymous"; then the groups and
+    /// claims (two users with the same email but other groups are told apart).
     pub fn who(&self) -> String {
-        match &self.identity {
-            None => "anonymous".into(),
-            Some(i) => i.email.clone().unwrap_or_else(|| i.sub.clone()),
+        let Some(i) = &self.identity else {
+            return "anonymous".into();
+        };
+        let mut s = i.email.clone().unwrap_or_else(|| i.sub.clone());
+        if !i.groups.is_empty() {
+            s.push_str(&format!(" in {}", i.groups.join(", ")));
         }
+        for (k, v) in &i.claims {
+            let v = match v {
+                ClaimValue::Str(s) => s.clone(),
+                ClaimValue::List(l) => l.join(","),
+            };
+            s.push_str(&format!(" with {k}={v}"));
+        }
+        s
     }
 }
 
@@ -170,7 +182,10 @@ impl Verdict {
             out.push_str(&format!("; upstream {u}"));
         }
         if let Some((g, at)) = &self.grant {
-            out.push_str(&format!("; grant at {source}:{}:{} sets {g}", at.line, at.col));
+            out.push_str(&format!(
+                "; grant at {source}:{}:{} sets {g}",
+                at.line, at.col
+            ));
         }
         out
     }

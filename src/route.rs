@@ -63,6 +63,9 @@ impl PathMatch {
     }
 }
 
+/// Request headers a route sets, in order.
+pub type SetHeaders = Vec<(http::HeaderName, HeaderValue)>;
+
 /// One `to` entry: the upstreams that serve the users its `when` picks (the route's policy
 /// holds the `when`s, see `policy::Policy::targets`), round-robin.
 pub struct Target {
@@ -106,7 +109,7 @@ pub struct Route {
     /// The `to` entries, at least one; the policy's decision names the one that serves.
     pub targets: Vec<Target>,
     /// Each grant's headers, in the order of `policy.grants`.
-    pub grants: Vec<Vec<(http::HeaderName, HeaderValue)>>,
+    pub grants: Vec<SetHeaders>,
     pub prefix_rewrite: Option<String>,
     pub preserve_host_header: bool,
     pub allow_websockets: bool,

@@ -39,7 +39,8 @@ pub struct Decision<'p> {
 }
 
 /// Why an allowed user is refused when no `to` entry is theirs (a 403 that says so).
-pub const NO_UPSTREAM: &str = "no upstream is assigned to this user (no `to` entry's `when` matches)";
+pub const NO_UPSTREAM: &str =
+    "no upstream is assigned to this user (no `to` entry's `when` matches)";
 
 /// The first entry whose condition holds; one that needs an identity never holds without one.
 fn first(choices: &[Choice], id: Option<&Identity>, facts: &Facts<'_>) -> Option<usize> {
@@ -81,11 +82,7 @@ pub fn evaluate<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>
 }
 
 /// Whether the request passes: deny rules first, then any allow.
-fn decide_access<'p>(
-    policy: &'p Policy,
-    id: Option<&Identity>,
-    facts: &Facts<'_>,
-) -> Decision<'p> {
+fn decide_access<'p>(policy: &'p Policy, id: Option<&Identity>, facts: &Facts<'_>) -> Decision<'p> {
     let mut allowed_by = None;
     for rule in &policy.rules {
         if let Some(deny) = &rule.deny {

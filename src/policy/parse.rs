@@ -196,7 +196,10 @@ pub fn condition(node: &Node, errs: &mut Errors<'_>) -> Option<Expr> {
         return None;
     };
     if entries.is_empty() {
-        errs.at(node.pos, "`when` is empty: give at least one criterion, or leave `when` out to match everyone");
+        errs.at(
+            node.pos,
+            "`when` is empty: give at least one criterion, or leave `when` out to match everyone",
+        );
         return None;
     }
     let before = errs.list.len();

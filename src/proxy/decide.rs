@@ -93,6 +93,18 @@ mod tests {
         }
     }
 
+    /// Let in, but no `to` entry picks the user.
+    fn unassigned() -> Refusal {
+        match denied() {
+            Refusal::Denied { identity, .. } => Refusal::Denied {
+                identity,
+                rule: None,
+                reason: NO_UPSTREAM,
+            },
+            r => r,
+        }
+    }
+
     /// The table is part of the contract.
     #[test]
     fn the_table_is_pinned() {
@@ -106,6 +118,11 @@ mod tests {
             (Err(Refusal::Unauthenticated), asked(true, false), "401"),
             (Err(denied()), asked(true, true), "403 a@b.test"),
             (Err(denied()), asked(false, false), "403 a@b.test"),
+            (
+                Err(unassigned()),
+                asked(true, true),
+                "403 no upstream a@b.test",
+            ),
         ];
         for (verdict, a, want) in cases {
             let got = match decide(verdict, a) {
@@ -114,6 +131,9 @@ mod tests {
                 Next::Refuse(ProxyError::Unauthenticated) => "401".to_string(),
                 Next::Refuse(ProxyError::Forbidden { who, .. }) => {
                     format!("403 {}", who.unwrap_or_default())
+                }
+                Next::Refuse(ProxyError::NoUpstream { who }) => {
+                    format!("403 no upstream {}", who.unwrap_or_default())
                 }
                 Next::Refuse(e) => format!("{e:?}"),
             };

@@ -228,7 +228,9 @@ async fn inner<'r>(
         HeaderValue::from_str(&target.authority)
             .map_err(|_| ProxyError::BadRequest("malformed Host".into()))?
     } else {
-        route.target(permitted.target).upstreams[0].host_header.clone()
+        route.target(permitted.target).upstreams[0]
+            .host_header
+            .clone()
     };
     let identity = match (&permitted.identity, sid) {
         (Some(id), Some(sid)) => {
@@ -280,16 +282,15 @@ async fn inner<'r>(
             }),
         }
     });
-    let mut resp =
-        upstream::send(
-            route.destination(permitted.target),
-            &permitted,
-            parts,
-            &headers,
-            pq,
-            body,
-        )
-        .await?;
+    let mut resp = upstream::send(
+        route.destination(permitted.target),
+        &permitted,
+        parts,
+        &headers,
+        pq,
+        body,
+    )
+    .await?;
     headers::strip_own_set_cookies(resp.headers_mut(), &rt.settings.cookie.name);
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -669,3 +669,80 @@ fn explain_diff_lists_each_decision_that_changes_and_exits_0_2_or_1() {
     assert_eq!(code, Some(1));
     assert!(err.contains("new.yaml:"), "{err}");
 }
+
+const GRANTS: &str = r#"insecure_server: true
+routes:
+  - from: https://claw.example.com
+    to:
+      - when: { groups: { has: team-a } }
+        to: http://gateway-a:18789
+      - to: http://gateway-b:18789
+    allow_any_authenticated_user: true
+    grants:
+      - when: { groups: { has: openclaw-admins } }
+        set_request_headers: { X-OpenClaw-Scopes: operator.admin }
+      - set_request_headers: { X-OpenClaw-Scopes: operator.read }
+"#;
+
+#[test]
+fn explain_names_the_upstream_and_the_grant_and_diff_shows_a_changed_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), GRANTS);
+    let url = ["--url", "https://claw.example.com/"];
+    let (code, out) = explain(
+        &cfg,
+        &[
+            url[0],
+            url[1],
+            "--email",
+            "a@example.com",
+            "--groups",
+            "team-a,openclaw-admins",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("upstream: http://gateway-a:18789"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "grant: {}:10:9 sets x-openclaw-scopes: operator.admin",
+            cfg.display()
+        )),
+        "{out}"
+    );
+    let (_, out) = explain(&cfg, &[url[0], url[1], "--email", "b@example.com"]);
+    assert!(out.contains("upstream: http://gateway-b:18789"), "{out}");
+    assert!(
+        out.contains("sets x-openclaw-scopes: operator.read"),
+        "{out}"
+    );
+    // Anonymous: no upstream, no grant.
+    let (code, out) = explain(&cfg, &url);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        !out.contains("upstream:") && !out.contains("grant:"),
+        "{out}"
+    );
+
+    // The admins' group renamed: admins would be readers. Access is unchanged, the grant is
+    // not, and --diff says so.
+    let new = dir.path().join("new.yaml");
+    std::fs::write(
+        &new,
+        GRANTS.replace("has: openclaw-admins", "has: gateway-admins"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["explain", "--diff"])
+        .arg(&cfg)
+        .arg(&new)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("allow → allow")
+            && l.contains("operator.admin")
+            && l.contains("operator.read")),
+        "{text}"
+    );
+}

@@ -602,3 +602,94 @@ fn a_config_whose_own_tests_fail_is_refused_naming_the_case_and_what_decided() {
     );
     assert!(lines[0].starts_with(&want), "{errs}\nwanted {want}");
 }
+
+#[test]
+fn to_entries_and_grants_are_checked_with_their_positions() {
+    let route = |body: &str| {
+        format!("{HEAD}  - from: https://a\n{body}    allow_any_authenticated_user: true\n")
+    };
+    // A working config of both, as a control.
+    let good = ok(&route(
+        "    to:\n      - when: { groups: { has: a } }\n        to: http://a\n      - to: [http://b, http://c]\n\
+         \x20   grants:\n      - when: { or: [ { email: { is: x@y.test } } ] }\n        set_request_headers: { X-Role: admin }\n      - set_request_headers: { X-Role: reader }\n",
+    ));
+    let r = &good.routes[0];
+    assert_eq!(r.targets.len(), 2);
+    assert_eq!(r.targets[1].describe(), "http://b, http://c");
+    assert_eq!(r.policy.targets.len(), 2);
+    assert_eq!(r.grants.len(), 2);
+    assert!(r.policy.uses_identity);
+    // The route owns what its grants set: a client's copy is stripped.
+    assert!(r.owned_headers.iter().any(|h| h == "x-role"));
+
+    assert_error(
+        &route("    to:\n      - to: http://b\n      - when: { groups: { has: a } }\n        to: http://a\n"),
+        "5:9",
+        "matches everyone",
+    );
+    assert_error(
+        &route("    to:\n      - when: { bogus: 1 }\n        to: http://a\n"),
+        "5:17",
+        "unknown criterion `bogus`",
+    );
+    assert_error(
+        &route("    to:\n      - when: { groups: { has: a } }\n        to: http://a\n        weight: 2\n"),
+        "7:9",
+        "unknown key `weight` in a `to` entry",
+    );
+    assert_error(
+        &route("    to:\n      - when: { groups: { has: a } }\n"),
+        "5:9",
+        "needs `to`",
+    );
+    assert_error(
+        &route("    to:\n      - when: { groups: { has: a } }\n        to: ftp://a\n"),
+        "6:13",
+        "upstreams are http:// or https://",
+    );
+    assert_error(
+        &route("    to: { a: b }\n"),
+        "4:9",
+        "a list of `{when, to}` entries",
+    );
+    assert_error(
+        &route("    to: [http://a, { when: { groups: { has: a } }, to: http://b }]\n"),
+        "4:9",
+        "a list of `{when, to}` entries",
+    );
+    assert_error(
+        &route("    to:\n      - when: groups\n        to: http://a\n"),
+        "5:15",
+        "`when` takes criteria",
+    );
+    let to = "    to: http://a\n";
+    assert_error(
+        &route(&format!("{to}    grants:\n      - when: {{ groups: {{ has: a }} }}\n        set_request_headers: {{ Host: x }}\n")),
+        "7:30",
+        "is Portcullis's to write",
+    );
+    assert_error(
+        &route(&format!("{to}    grants:\n      - set_request_headers: {{ X-A: b }}\n      - when: {{ groups: {{ has: a }} }}\n        set_request_headers: {{ X-A: c }}\n")),
+        "6:9",
+        "matches everyone",
+    );
+    assert_error(
+        &route(&format!(
+            "{to}    grants:\n      - when: {{ groups: {{ has: a }} }}\n"
+        )),
+        "6:9",
+        "needs `set_request_headers`",
+    );
+    assert_error(
+        &route(&format!("{to}    grants: {{ X-A: b }}\n")),
+        "5:13",
+        "grants: give a list",
+    );
+    assert_error(
+        &route(&format!(
+            "{to}    grants:\n      - set_request_headers: {{ X-A: [b] }}\n"
+        )),
+        "6:37",
+        "must be a string",
+    );
+}

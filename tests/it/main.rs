@@ -8,6 +8,7 @@ mod support;
 mod acme;
 mod cli;
 mod config;
+mod grants;
 mod policy;
 mod proxy;
 mod reload;

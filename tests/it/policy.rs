@@ -496,3 +496,80 @@ proptest! {
     }
 
 }
+
+/// `to` entries and grants are decided by the same evaluator, after access: the first entry
+/// whose `when` holds; one that names who the user is never holds for an anonymous request
+/// (which is then asked to sign in if no entry is left for it).
+#[test]
+fn upstream_and_grant_choices_table() {
+    let yaml = "insecure_server: true\nroutes:\n  - from: https://app.test\n    to:\n\
+        \x20     - when: { http_path: { starts_with: /docs/ } }\n        to: http://docs:1\n\
+        \x20     - when: { groups: { has: staff } }\n        to: http://staff:1\n\
+        \x20     - when: { not: [ { domain: { is: evil.test } } ] }\n        to: http://others:1\n\
+        \x20   allow_public_unauthenticated_access: true\n    grants:\n\
+        \x20     - when: { groups: { has: admins } }\n        set_request_headers: { X-Role: admin }\n\
+        \x20     - set_request_headers: { X-Role: reader }\n";
+    let c = config::load_str(yaml, "t.yaml", Path::new("."), &MapEnv::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let route = &c.routes[0];
+    let p = &route.policy;
+    assert!(p.uses_identity, "the choices read the session");
+    let get = http::Method::GET;
+    let at = |path| Facts {
+        method: &get,
+        path,
+        ip: None,
+    };
+    // (who, path, outcome, upstream, grant)
+    type Chosen = (Option<&'static str>, Option<usize>);
+    let cases: &[(Option<Who>, &str, Outcome, Chosen)] = &[
+        (
+            None,
+            "/docs/a",
+            Outcome::Allow,
+            (Some("http://docs:1"), Some(1)),
+        ),
+        (None, "/", Outcome::Unauthenticated, (None, None)),
+        (
+            Some(ALICE),
+            "/",
+            Outcome::Allow,
+            (Some("http://staff:1"), Some(1)),
+        ),
+        (
+            Some(ADMIN),
+            "/",
+            Outcome::Allow,
+            (Some("http://staff:1"), Some(0)),
+        ),
+        (
+            Some(ADMIN),
+            "/docs/a",
+            Outcome::Allow,
+            (Some("http://docs:1"), Some(0)),
+        ),
+        (
+            Some(NOEMAIL),
+            "/",
+            Outcome::Allow,
+            (Some("http://others:1"), Some(1)),
+        ),
+        (Some(EVE), "/", Outcome::Deny, (None, None)),
+    ];
+    for (who, path, outcome, (upstream, grant)) in cases {
+        let id = who.as_ref().map(identity);
+        let d = evaluate(p, id.as_ref(), &at(path));
+        let label = format!("{:?} {path}", who.as_ref().map(|w| w.sub));
+        assert_eq!(d.outcome, *outcome, "{label}: {}", d.reason);
+        if d.outcome == Outcome::Allow {
+            assert_eq!(
+                Some(route.target(d.target).describe().as_str()),
+                *upstream,
+                "{label}"
+            );
+            assert_eq!(d.grant, *grant, "{label}");
+        } else {
+            assert_eq!(d.reason, portcullis::policy::eval::NO_UPSTREAM, "{label}");
+        }
+    }
+}

@@ -9,10 +9,10 @@ use portcullis::policy::Identity;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+pub(crate) const SECRET: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 
 /// alice: `alice@example.com` (verified), group `staff`.
-fn alice() -> Identity {
+pub(crate) fn alice() -> Identity {
     Identity {
         iss: "https://idp.test".into(),
         sub: "u-alice".into(),
@@ -29,7 +29,7 @@ fn cookie_for(host: &str, expires: u64) -> String {
 }
 
 /// The Cookie header of a session for `identity` on `host`, sealed as a sign-in seals it.
-fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
+pub(crate) fn cookie_with(host: &str, expires: u64, identity: Identity) -> String {
     cookie_in(None, host, expires, identity)
 }
 
@@ -391,7 +391,7 @@ async fn pages_that_show_who_is_signed_in_escape_what_the_idp_sent() {
 }
 
 /// The claims of a JWT (its signature is checked elsewhere).
-fn jwt_payload(jwt: &str) -> serde_json::Value {
+pub(crate) fn jwt_payload(jwt: &str) -> serde_json::Value {
     use base64::Engine;
     let part = jwt.split('.').nth(1).unwrap();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -400,7 +400,7 @@ fn jwt_payload(jwt: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-async fn close_reason(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
+pub(crate) async fn close_reason(ws: &mut Ws, within: Duration) -> Option<(u16, String)> {
     let end = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(end, ws.next()).await {

@@ -2,13 +2,11 @@
 //! (request headers set by the policy language). Each entry's `when` is compiled by the policy
 //! parser; the choice itself is made by the one evaluator (`policy::eval`).
 
-use http::{HeaderName, HeaderValue};
-
 use crate::config::error::Pos;
 use crate::config::node::{Node, NodeKind};
 use crate::policy::parse::condition;
 use crate::policy::Choice;
-use crate::route::Target;
+use crate::route::{SetHeaders, Target};
 use crate::upstream::Upstream;
 
 use super::Ctx;
@@ -50,10 +48,7 @@ pub(super) fn targets(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<Target>, Vec
 }
 
 /// The route's grants: each one's headers, and their conditions.
-pub(super) fn grants(
-    cx: &mut Ctx<'_>,
-    node: &Node,
-) -> Option<(Vec<Vec<(HeaderName, HeaderValue)>>, Vec<Choice>)> {
+pub(super) fn grants(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<SetHeaders>, Vec<Choice>)> {
     let NodeKind::Seq(items) = &node.kind else {
         cx.errs.at(
             node.pos,

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod choices;
 mod cases;
+mod choices;
 mod route;
 mod settings;
 

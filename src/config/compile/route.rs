@@ -105,7 +105,11 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
 
     let set_request_headers = match &r.set_request_headers {
         Some(m) => {
-            let pairs = m.value.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let pairs = m
+                .value
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             settable_headers(cx, "set_request_headers", pairs, pos(m))
         }
         None => Vec::new(),
