@@ -28,6 +28,10 @@ export const USERS = {
   alice: { email: 'alice@example.com', email_verified: true, name: 'Alice', groups: ['staff', 'openclaw-admins'] },
   bob: { email: 'bob@other.test', email_verified: true, name: 'Bob', groups: ['staff'] },
   carol: { email: 'carol@example.com', email_verified: false, name: 'Carol', groups: [] },
+  // OpenClaw's access levels and teams (tests/e2e/openclaw): dave reads team A's gateway,
+  // erin is on team B.
+  dave: { email: 'dave@example.com', email_verified: true, name: 'Dave', groups: ['staff'] },
+  erin: { email: 'erin@example.com', email_verified: true, name: 'Erin', groups: ['staff', 'team-b'] },
   // Everything an IdP where users pick their own name, address and groups could send.
   mallory: {
     email: '<script>alert(1)</script>@evil.test', email_verified: true, name: '"><svg/onload=alert(3)>',
@@ -327,7 +331,7 @@ ${extra}routes:
  * reaches it over loopback (hence `allowLoopback` with 127.0.0.1 trusted): trusted-proxy mode,
  * the user from `X-Forwarded-User`, the assertion header required, new browsers approved.
  */
-export function openclawConfig({ port, origin, allowUsers }) {
+export function openclawConfig({ port, origin, allowUsers, identityScopes }) {
   return {
     gateway: {
       mode: 'local',
@@ -337,6 +341,7 @@ export function openclawConfig({ port, origin, allowUsers }) {
       controlUi: { allowedOrigins: [origin] },
       auth: {
         mode: 'trusted-proxy',
+        ...(identityScopes ? { identityScopes } : {}),
         trustedProxy: {
           userHeader: 'x-forwarded-user',
           requiredHeaders: ['x-portcullis-jwt-assertion'],

@@ -56,6 +56,7 @@ function makeNetns() {
 let net;
 let idp;
 let gateway;
+let gatewayB;
 let proxy;
 let browser;
 let dir;
@@ -67,10 +68,15 @@ before(async () => {
   assert.ok(Number(process.versions.node.split('.')[0]) >= 24, `OpenClaw needs Node 24, this is ${process.version}`);
   dir = tmpdir('portcullis-openclaw-');
   net = makeNetns();
-  // The IdP and Portcullis pick their own ports. The gateway cannot (see startOpenClaw): it gets
-  // a port found free, and Portcullis's route follows it should it have to move.
+  // The IdP and Portcullis pick their own ports. The gateways cannot (see startOpenClaw): each
+  // gets a port found free, and Portcullis's route follows it should it have to move.
   idp = await startIdp({ host: net.hostAddr });
-  const proxyYaml = (gwPort) => `address: ${net.hostAddr}:0
+  // One route, two gateways: team B's members reach gateway B, everyone else gateway A. What
+  // a user may do there is the grant's `X-OpenClaw-Scopes` (admins: operator.admin, others
+  // read only); a client's own copy of that header never arrives.
+  const ports = { a: await candidatePort(), b: await candidatePort() };
+  while (ports.b === ports.a) ports.b = await candidatePort();
+  const proxyYaml = () => `address: ${net.hostAddr}:0
 data_dir: ${dir}/data
 cookie_secret: ${COOKIE_SECRET}
 idp_provider_url: ${idp.issuer}
@@ -78,17 +84,23 @@ idp_client_id: portcullis
 idp_client_secret: ${CLIENT_SECRET}
 routes:
   - from: https://claw.test
-    to: http://127.0.0.1:${gwPort}
+    to:
+      - when: { groups: { has: team-b } }
+        to: http://127.0.0.1:${ports.b}
+      - to: http://127.0.0.1:${ports.a}
     allow_websockets: true
     jwt_claims_headers:
       X-Forwarded-User: issuer_subject
+    grants:
+      - when: { groups: { has: openclaw-admins } }
+        set_request_headers: { X-OpenClaw-Scopes: operator.admin }
+      - set_request_headers: { X-OpenClaw-Scopes: operator.read }
     policy:
       - allow:
           or:
             - domain: { is: example.com }
 `;
-  const gwPort = await candidatePort();
-  proxy = await startPortcullis({ dir, yaml: proxyYaml(gwPort) });
+  proxy = await startPortcullis({ dir, yaml: proxyYaml() });
   port = proxy.port;
   host = `claw.test:${port}`;
   await idp.attach({
@@ -96,14 +108,26 @@ routes:
     postLogoutRedirectUris: [`https://${host}/.portcullis/signed_out`],
   });
   await proxy.idpDiscovered();
-  gateway = await startOpenClaw({
-    dir,
-    port: gwPort,
-    // allowUsers holds only alice's issuer-qualified subject (immutable, not an email): a
-    // connect under any other identity fails at the gateway.
-    config: (p) => openclawConfig({ port: p, origin: `https://${host}`, allowUsers: [`${idp.issuer}#alice`] }),
-    onNewPort: (p) => proxy.reload(proxyYaml(p)),
-  });
+  const sub = (u) => `${idp.issuer}#${u}`;
+  // allowUsers holds only the issuer-qualified subjects (immutable, not emails) of each
+  // gateway's team: a connect under any other identity fails at that gateway. The gateway
+  // itself would give alice and dave full admin (identityScopes): the scope header Portcullis
+  // sends is what keeps dave to reading.
+  const gateways = [
+    ['a', [sub('alice'), sub('dave')], { [sub('alice')]: ['operator.admin'], [sub('dave')]: ['operator.admin'] }],
+    ['b', [sub('erin')], { [sub('erin')]: ['operator.admin'] }],
+  ];
+  const started = await Promise.all(gateways.map(([team, allowUsers, identityScopes]) => {
+    const gwDir = path.join(dir, `gateway-${team}`);
+    fs.mkdirSync(gwDir, { recursive: true });
+    return startOpenClaw({
+      dir: gwDir,
+      port: ports[team],
+      config: (p) => openclawConfig({ port: p, origin: `https://${host}`, allowUsers, identityScopes }),
+      onNewPort: async (p) => { ports[team] = p; await proxy.reload(proxyYaml()); },
+    });
+  }));
+  [gateway, gatewayB] = started;
   const wrapper = path.join(dir, 'chromium-in-netns');
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${net.ns} ${process.env.CHROMIUM || '/usr/bin/chromium'} "$@"\n`, { mode: 0o755 });
   browser = await launchBrowser(['--ignore-certificate-errors'], { executablePath: wrapper, testHostsTo: net.hostAddr });
@@ -113,6 +137,7 @@ after(async () => {
   await browser?.close().catch(() => {});
   await proxy?.stop();
   await gateway?.stop();
+  await gatewayB?.stop();
   await idp?.close();
   net?.close();
 });
@@ -149,6 +174,66 @@ async function helloOk(sockets, ms = 45000) {
   throw new Error(`no hello-ok within ${ms} ms; sockets:\n${seen}\ngateway log tail:\n${gateway.logs.join('').slice(-3000)}`);
 }
 
+/**
+ * Calls gateway methods over a WebSocket the page opens itself (same origin, so Portcullis lets
+ * it through with the page's session, and the grant's scope header is on its upgrade): the
+ * gateway's connect as a Control UI client with a browser device of its own, then each call in turn.
+ * Returns the hello (its `auth`) and each call's response frame.
+ */
+async function callGateway(page, calls) {
+  return page.evaluate(async (calls) => {
+    const ws = new WebSocket(`wss://${location.host}/`);
+    const queue = [];
+    let wake = () => {};
+    ws.onmessage = (e) => { queue.push(JSON.parse(e.data)); wake(); };
+    const closed = new Promise((r) => { ws.onclose = (e) => { r(e); wake(); }; });
+    const next = async (pred, what) => {
+      const end = Date.now() + 20000;
+      for (;;) {
+        const i = queue.findIndex(pred);
+        if (i >= 0) return queue.splice(i, 1)[0];
+        if (ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed waiting for ${what}: ${JSON.stringify((await closed).reason)}`);
+        if (Date.now() > end) throw new Error(`no ${what} within 20 s; got ${JSON.stringify(queue).slice(0, 500)}`);
+        await new Promise((r) => { wake = r; setTimeout(r, 200); });
+      }
+    };
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = () => j(new Error('socket refused')); });
+    const challenge = await next((f) => f.type === 'event' && f.event === 'connect.challenge', 'connect.challenge');
+    let id = 0;
+    const call = async (method, params) => {
+      const rid = `t${++id}`;
+      ws.send(JSON.stringify({ type: 'req', id: rid, method, params }));
+      return next((f) => f.type === 'res' && f.id === rid, `the answer to ${method}`);
+    };
+    // A browser device of its own (Ed25519, as the Control UI makes one), signing the
+    // challenge; the gateway approves new browser devices of users its proxy let through.
+    const b64url = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+    window.__device ??= await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
+    const raw = await crypto.subtle.exportKey('raw', window.__device.publicKey);
+    const deviceId = [...new Uint8Array(await crypto.subtle.digest('SHA-256', raw))].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const client = { id: 'openclaw-control-ui', version: 'portcullis-e2e', platform: 'web', mode: 'webchat' };
+    const scopes = ['operator.admin', 'operator.read', 'operator.write'];
+    const { nonce, ts } = challenge.payload;
+    const payload = ['v2', deviceId, client.id, client.mode, 'operator', scopes.join(','), String(ts), '', nonce].join('|');
+    const signature = await crypto.subtle.sign({ name: 'Ed25519' }, window.__device.privateKey, new TextEncoder().encode(payload));
+    const hello = await call('connect', {
+      minProtocol: 4, maxProtocol: 4, client, role: 'operator', scopes, caps: [], commands: [], permissions: {},
+      locale: 'en-US', userAgent: navigator.userAgent,
+      device: { id: deviceId, publicKey: b64url(raw), signature: b64url(signature), signedAt: ts, nonce },
+    });
+    const results = [];
+    for (const c of calls) {
+      const params = typeof c.params === 'string' ? JSON.parse(c.params) : c.params;
+      results.push(await call(c.method, params));
+    }
+    ws.close();
+    return { hello, results };
+  }, calls);
+}
+
+/** The scopes an OpenClaw hello-ok reports, sorted. */
+const scopesOf = (hello) => [...(hello.payload?.auth?.scopes ?? [])].sort();
+
 test('a signed-in user lands in the control UI and its WebSocket connects as that user', async () => {
   const { context, page, sockets } = await openAs('alice');
   await page.waitForURL((u) => u.host === host, { timeout: 15000 });
@@ -158,6 +243,7 @@ test('a signed-in user lands in the control UI and its WebSocket connects as tha
   assert.equal(hello.ok, true);
   assert.equal(hello.payload.type, 'hello-ok');
   assert.equal(hello.payload.auth.role, 'operator');
+  assert.ok(scopesOf(hello).includes('operator.admin'), `alice is an admin: ${scopesOf(hello)}`);
   assert.ok(sockets.some((s) => s.url.startsWith(`wss://${host}`)), 'the UI socket goes through Portcullis');
   // allowUsers holds only alice's issuer#subject: a connect under any other identity fails.
   assert.doesNotMatch(gateway.logs.join(''), /trusted_proxy_user_not_allowed|proxy_attribution_required/);
@@ -206,4 +292,65 @@ test('a user the policy refuses gets 403 and no WebSocket', async () => {
   assert.equal(r.status, 403);
   assert.doesNotMatch(gateway.logs.join('').slice(before), /bob/);
   await context.close();
+});
+
+test('an admin changes a setting; a reader reads, and OpenClaw refuses the reader the change', async () => {
+  const color = `#${Math.floor(Math.random() * 0xffffff).toString(16).padStart(6, '0')}`;
+  const change = async (page) => {
+    const { hello, results: [got] } = await callGateway(page, [{ method: 'config.get', params: {} }]);
+    assert.equal(got.ok, true, `config.get: ${JSON.stringify(got.error)} hello: ${JSON.stringify(hello.payload?.auth ?? hello.error)}`);
+    const config = { ...got.payload.config, ui: { ...(got.payload.config?.ui ?? {}), seamColor: color } };
+    const { results: [set] } = await callGateway(page, [
+      { method: 'config.set', params: JSON.stringify({ raw: JSON.stringify(config), baseHash: got.payload.hash }) },
+    ]);
+    return { hello, set };
+  };
+
+  const admin = await openAs('alice');
+  await admin.page.waitForURL((u) => u.host === host, { timeout: 15000 });
+  await helloOk(admin.sockets);
+  const a = await change(admin.page);
+  assert.ok(scopesOf(a.hello).includes('operator.admin'), `alice: ${scopesOf(a.hello)}`);
+  assert.equal(a.set.ok, true, `alice's config.set: ${JSON.stringify(a.set.error)}`);
+  const { results: [after] } = await callGateway(admin.page, [{ method: 'config.get', params: {} }]);
+  assert.equal(after.payload.config.ui.seamColor, color, 'the change is in the gateway config');
+  await admin.context.close();
+
+  // dave: the gateway itself would make him an admin (identityScopes); Portcullis's grant caps
+  // him to reading, in the Control UI's own session and in any socket he opens, even when his
+  // browser sends its own scope header on every request.
+  const reader = await openAs('dave', { extraHeaders: { 'X-OpenClaw-Scopes': 'operator.admin' } });
+  await reader.page.waitForURL((u) => u.host === host, { timeout: 15000 });
+  const uiHello = await helloOk(reader.sockets);
+  assert.deepEqual(scopesOf(uiHello), ['operator.read']);
+  const d = await change(reader.page);
+  assert.deepEqual(scopesOf(d.hello), ['operator.read']);
+  assert.equal(d.set.ok, false, 'a reader changed the config');
+  assert.equal(d.set.error?.details?.code, 'MISSING_SCOPE', JSON.stringify(d.set.error));
+  assert.equal(d.set.error?.details?.missingScope, 'operator.admin', JSON.stringify(d.set.error));
+  const { results: [still] } = await callGateway(reader.page, [{ method: 'config.get', params: {} }]);
+  assert.equal(still.payload.config.ui.seamColor, color, 'the reader could not change it');
+  await reader.context.close();
+});
+
+test('one route, two gateways: each user lands on their team\'s, seen by that gateway alone', async () => {
+  const fromA = gateway.logs.join('').length;
+  const fromB = gatewayB.logs.join('').length;
+  const { context, page, sockets } = await openAs('erin');
+  await page.waitForURL((u) => u.host === host, { timeout: 15000 });
+  const hello = await helloOk(sockets);
+  assert.equal(hello.ok, true);
+  // Read only: erin is no admin here (gateway B would make her one).
+  assert.deepEqual(scopesOf(hello), ['operator.read']);
+  await context.close();
+  const logA = gateway.logs.join('').slice(fromA);
+  const logB = gatewayB.logs.join('').slice(fromB);
+  assert.match(logB, /#erin/, 'gateway B served erin');
+  assert.doesNotMatch(logA, /#erin/, 'gateway A heard of erin');
+  // alice (not on team B) on gateway A, never on B.
+  const before = gatewayB.logs.join('').length;
+  const alice = await openAs('alice');
+  await helloOk(alice.sockets);
+  await alice.context.close();
+  assert.doesNotMatch(gatewayB.logs.join('').slice(before), /#alice/);
 });
