@@ -331,7 +331,7 @@ ${extra}routes:
  * reaches it over loopback (hence `allowLoopback` with 127.0.0.1 trusted): trusted-proxy mode,
  * the user from `X-Forwarded-User`, the assertion header required, new browsers approved.
  */
-export function openclawConfig({ port, origin, allowUsers, identityScopes }) {
+export function openclawConfig({ port, origin, allowUsers, identityScopes, autoApproveScopes }) {
   return {
     gateway: {
       mode: 'local',
@@ -347,7 +347,7 @@ export function openclawConfig({ port, origin, allowUsers, identityScopes }) {
           requiredHeaders: ['x-portcullis-jwt-assertion'],
           ...(allowUsers ? { allowUsers } : {}),
           allowLoopback: true,
-          deviceAutoApprove: { enabled: true },
+          deviceAutoApprove: { enabled: true, ...(autoApproveScopes ? { scopes: autoApproveScopes } : {}) },
         },
       },
     },

@@ -110,20 +110,19 @@ routes:
   await proxy.idpDiscovered();
   const sub = (u) => `${idp.issuer}#${u}`;
   // allowUsers holds only the issuer-qualified subjects (immutable, not emails) of each
-  // gateway's team: a connect under any other identity fails at that gateway. The gateway
-  // itself would give alice and dave full admin (identityScopes): the scope header Portcullis
-  // sends is what keeps dave to reading.
-  const gateways = [
-    ['a', [sub('alice'), sub('dave')], { [sub('alice')]: ['operator.admin'], [sub('dave')]: ['operator.admin'] }],
-    ['b', [sub('erin')], { [sub('erin')]: ['operator.admin'] }],
-  ];
-  const started = await Promise.all(gateways.map(([team, allowUsers, identityScopes]) => {
+  // gateway's team: a connect under any other identity fails at that gateway. Each gateway
+  // approves every browser its proxy lets through with any scope up to admin (as README's
+  // "Access levels in OpenClaw" sets it up): the scope header Portcullis sends is what keeps
+  // dave and erin to reading.
+  const gateways = [['a', [sub('alice'), sub('dave')]], ['b', [sub('erin')]]];
+  const autoApproveScopes = ['operator.admin', 'operator.read', 'operator.write', 'operator.approvals', 'operator.questions'];
+  const started = await Promise.all(gateways.map(([team, allowUsers]) => {
     const gwDir = path.join(dir, `gateway-${team}`);
     fs.mkdirSync(gwDir, { recursive: true });
     return startOpenClaw({
       dir: gwDir,
       port: ports[team],
-      config: (p) => openclawConfig({ port: p, origin: `https://${host}`, allowUsers, identityScopes }),
+      config: (p) => openclawConfig({ port: p, origin: `https://${host}`, allowUsers, autoApproveScopes }),
       onNewPort: async (p) => { ports[team] = p; await proxy.reload(proxyYaml()); },
     });
   }));
@@ -316,7 +315,7 @@ test('an admin changes a setting; a reader reads, and OpenClaw refuses the reade
   assert.equal(after.payload.config.ui.seamColor, color, 'the change is in the gateway config');
   await admin.context.close();
 
-  // dave: the gateway itself would make him an admin (identityScopes); Portcullis's grant caps
+  // dave: the gateway itself would make him an admin (auto-approved); Portcullis's grant caps
   // him to reading, in the Control UI's own session and in any socket he opens, even when his
   // browser sends its own scope header on every request.
   const reader = await openAs('dave', { extraHeaders: { 'X-OpenClaw-Scopes': 'operator.admin' } });
@@ -340,7 +339,7 @@ test('one route, two gateways: each user lands on their team\'s, seen by that ga
   await page.waitForURL((u) => u.host === host, { timeout: 15000 });
   const hello = await helloOk(sockets);
   assert.equal(hello.ok, true);
-  // Read only: erin is no admin here (gateway B would make her one).
+  // Read only: erin is no admin here (gateway B alone would make her one).
   assert.deepEqual(scopesOf(hello), ['operator.read']);
   await context.close();
   const logA = gateway.logs.join('').slice(fromA);
