@@ -362,6 +362,8 @@ fn whoami(
                 "email": s.identity.email,
                 "email_verified": s.identity.usable_email().is_some(),
                 "user": s.identity.sub,
+                // The `issuer_subject` claim header's value (OpenClaw's allowUsers takes it).
+                "issuer_subject": format!("{}#{}", s.identity.iss, s.identity.sub),
                 "groups": s.identity.groups,
                 "claims": s.identity.claims.iter().map(|(k, v)| {
                     let v = match v {
@@ -405,7 +407,8 @@ fn whoami(
                 "Signed in",
                 &format!("You are signed in as {who}."),
                 &format!(
-                    "<p>Groups: {}</p><p>Other claims:</p><ul>{claims}</ul><p>Session ends in {} min.</p>{}",
+                    "<p>Issuer and subject (the <code>issuer_subject</code> header value): <code>{}</code></p><p>Groups: {}</p><p>Other claims:</p><ul>{claims}</ul><p>Session ends in {} min.</p>{}",
+                    html_escape(&format!("{}#{}", id.iss, id.sub)),
                     html_escape(&groups),
                     left / 60,
                     SIGN_OUT_FORM

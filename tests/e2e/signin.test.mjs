@@ -135,6 +135,8 @@ describe('sign-in with OpenID Connect', () => {
       const me = JSON.parse(who.body);
       assert.equal(me.email, 'alice@example.com');
       assert.deepEqual(me.groups, ['staff', 'openclaw-admins']);
+      // The value an `issuer_subject` header carries (what OpenClaw's allowUsers lists).
+      assert.equal(me.issuer_subject, `${s.idp.issuer}#alice`);
       assert.equal(/eyJ/.test(who.body), false, 'a token appeared on the who-am-I page');
       // A WebSocket from the page works through the proxy with the session.
       const echoed = await page.evaluate(async () => new Promise((resolve) => {

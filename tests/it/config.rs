@@ -613,6 +613,7 @@ fn to_entries_and_grants_are_checked_with_their_positions() {
         "    to:\n      - when: { groups: { has: a } }\n        to: http://a\n      - to: [http://b, http://c]\n\
          \x20   grants:\n      - when: { or: [ { email: { is: x@y.test } } ] }\n        set_request_headers: { X-Role: admin }\n      - set_request_headers: { X-Role: reader }\n",
     ));
+    assert!(good.warnings.is_empty(), "{:?}", good.warnings);
     let r = &good.routes[0];
     assert_eq!(r.targets.len(), 2);
     assert_eq!(r.targets[1].describe(), "http://b, http://c");
@@ -622,6 +623,18 @@ fn to_entries_and_grants_are_checked_with_their_positions() {
     // The route owns what its grants set: a client's copy is stripped.
     assert!(r.owned_headers.iter().any(|h| h == "x-role"));
 
+    // Grants without a default entry: users no grant picks get no header. Said, not refused.
+    let partial = ok(&route(
+        "    to: http://a\n    grants:\n      - when: { groups: { has: a } }\n        set_request_headers: { X-Role: admin }\n",
+    ));
+    assert!(
+        partial
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("config.yaml:6:7: grants: no entry without `when`")),
+        "{:?}",
+        partial.warnings
+    );
     assert_error(
         &route("    to:\n      - to: http://b\n      - when: { groups: { has: a } }\n        to: http://a\n"),
         "5:9",

@@ -77,6 +77,13 @@ pub(super) fn grants(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<SetHeaders>, 
             choices.push(Choice::new(when, item.pos));
         }
     }
+    if !choices.is_empty() && choices.iter().all(|c| c.when.is_some()) {
+        // For OpenClaw an absent X-OpenClaw-Scopes means no cap at all.
+        cx.warnings.push(format!(
+            "{}:{}:{}: grants: no entry without `when`, so users no grant picks get none of these headers (for OpenClaw's X-OpenClaw-Scopes, absent means no cap); end the list with a default entry",
+            cx.errs.source, node.pos.line, node.pos.col
+        ));
+    }
     (cx.errs.list.len() == before).then_some((grants, choices))
 }
 
