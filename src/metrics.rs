@@ -100,6 +100,7 @@ pub struct Metrics {
     last_reload: Gauge,
     certificates: Family<CertLabel, Gauge>,
     shadow: Family<ShadowLabels, Counter>,
+    session_store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -221,7 +222,14 @@ impl Metrics {
             "Requests the route's shadow_policy decided otherwise than its policy",
             shadow.clone(),
         );
+        let session_store_up = gauge(
+            &mut registry,
+            "portcullis_session_store_up",
+            "1 while the session store (data_dir, or Redis with session_store) is reachable",
+        );
+        session_store_up.set(1);
         Metrics {
+            session_store_up,
             registry,
             shadow,
             requests,
@@ -303,6 +311,11 @@ impl Metrics {
             &self.sign_in_failures
         }
         .inc();
+    }
+
+    /// The session-store gauge, for a shared store to keep.
+    pub fn session_store_gauge(&self) -> Gauge {
+        self.session_store_up.clone()
     }
 
     /// The open-connections gauge, for the listener to keep.

@@ -5,6 +5,7 @@ pub mod assertion;
 pub mod oidc;
 pub mod revoked;
 pub mod session;
+pub mod shared_store;
 
 use foldhash::HashMap;
 use http::{HeaderMap, HeaderValue};

@@ -69,6 +69,22 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Every revocation in force (for a shared store to write back to Redis after it lost
+    /// its data).
+    pub fn live(&self) -> Vec<([u8; 16], u64)> {
+        let now = now();
+        match self.cache.read() {
+            Ok(c) => c
+                .iter()
+                .filter(|(_, u)| **u > now)
+                .map(|(id, u)| (*id, *u))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 impl RevocationStore for EmbeddedStore {
     fn revoke(&self, id: &[u8; 16], until: u64) -> Result<(), String> {
         // Known to this process first: a failed write still refuses the session here.

@@ -87,7 +87,7 @@ pub fn apply(
                   idp_client_secret_file, idp_groups_claim, cookie_secret, cookie_secret_file,
                   cookie_name, cookie_expire, cookie_domain, signing_key, signing_key_file,
                   metrics_address, log_level, log_format, timeout_read_header, timeout_idle,
-                  hsts_max_age, data_dir];
+                  hsts_max_age, data_dir, session_store, session_store_file];
         typed: [insecure_server, autocert, autocert_use_staging, idp_scopes, jwt_claims_headers,
                 pass_identity_headers, max_connections, max_connections_per_ip]);
     for key in ["routes", "tests"] {

@@ -71,6 +71,9 @@ pub struct RawConfig {
     pub max_connections_per_ip: Option<S<u32>>,
     pub hsts_max_age: Option<S<String>>,
     pub data_dir: Option<S<String>>,
+    /// `redis://…` or `rediss://…`: revocations shared by several replicas.
+    pub session_store: Option<S<String>>,
+    pub session_store_file: Option<S<String>>,
     pub routes: Option<Vec<S<RawRoute>>>,
     /// What must stay true of the policies: checked by `check` and before every reload.
     pub tests: Option<Vec<S<RawTestCase>>>,

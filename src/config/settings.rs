@@ -83,4 +83,83 @@ pub struct Settings {
     /// `Strict-Transport-Security: max-age=…` on every HTTPS response; `None` = not sent.
     pub hsts_max_age: Option<Duration>,
     pub data_dir: PathBuf,
+    /// `session_store`: revocations shared through Redis/Valkey (several replicas); `None`
+    /// keeps them in `data_dir` only.
+    pub session_store: Option<StoreUrl>,
+}
+
+/// A `session_store` URL checked by the config; `shown` has no password (for logs).
+#[derive(Clone)]
+pub struct StoreUrl {
+    pub url: String,
+    pub shown: String,
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PartialEq for StoreUrl {
+    fn eq(&self, other: &StoreUrl) -> bool {
+        self.url == other.url
+    }
+}
+
+impl StoreUrl {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS).
+    pub fn parse(s: &str) -> Result<StoreUrl, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        if u.scheme() != "redis" && u.scheme() != "rediss" {
+            return Err(format!(
+                "`{}://…`: the store is `redis://` or `rediss://` (TLS)",
+                u.scheme()
+            ));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err("needs a host".into());
+        }
+        let db = u.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(format!(
+                "the path names the database, a number (`/0`), not `{}`",
+                u.path()
+            ));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err("no query or fragment".into());
+        }
+        redis::Client::open(s).map_err(|e| e.to_string())?;
+        let mut shown = u.clone();
+        if u.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        Ok(StoreUrl {
+            url: s.to_string(),
+            shown: shown.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_checked_and_never_shown_with_their_password() {
+        let u = StoreUrl::parse("redis://:s3cret@valkey:6379/2").unwrap();
+        assert!(!u.shown.contains("s3cret") && !format!("{u:?}").contains("s3cret"));
+        assert!(u.shown.contains("valkey:6379/2"));
+        assert!(StoreUrl::parse("rediss://cache.example.com").is_ok());
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h/db",
+            "redis://h/0?x=1",
+            "nope",
+        ] {
+            assert!(StoreUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -61,8 +61,24 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
         tracing::warn!("{w}");
     }
     let settings = rt.settings.clone();
-    let store = crate::auth::revoked::EmbeddedStore::open(&settings.data_dir)
+    let local = crate::auth::revoked::EmbeddedStore::open(&settings.data_dir)
         .map_err(std::io::Error::other)?;
+    let signed_out = tokio::sync::broadcast::channel(256).0;
+    let metrics = crate::metrics::Metrics::new();
+    let store: Arc<dyn crate::auth::revoked::RevocationStore> = match &settings.session_store {
+        Some(url) => {
+            tracing::info!(store = %url.shown, "sign-outs shared through the session store");
+            metrics.session_store_gauge().set(0);
+            crate::auth::shared_store::start(
+                url,
+                local,
+                signed_out.clone(),
+                metrics.session_store_gauge(),
+            )
+            .map_err(std::io::Error::other)?
+        }
+        None => Arc::new(local),
+    };
     if let Some(o) = &rt.auth.oidc {
         o.start();
     }
@@ -71,10 +87,10 @@ pub async fn start(rt: Runtime) -> std::io::Result<Handle> {
     let shared = Arc::new(Shared {
         acme,
         runtime: ArcSwap::from_pointee(rt),
-        store: Arc::new(store),
+        store,
         refreshes: crate::auth::Refreshes::default(),
-        signed_out: tokio::sync::broadcast::channel(256).0,
-        metrics: crate::metrics::Metrics::new(),
+        signed_out,
+        metrics,
         sockets: Arc::default(),
         shadow_log: Default::default(),
     });

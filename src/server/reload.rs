@@ -79,6 +79,13 @@ pub fn reload(handle: &Handle, config: &Path) -> bool {
             {
                 tracing::warn!("listener settings (address, http_redirect_addr, metrics_address, insecure_server) changed: they take effect at the next restart");
             }
+            if old.settings.session_store != rt.settings.session_store
+                || old.settings.data_dir != rt.settings.data_dir
+            {
+                tracing::warn!(
+                    "session_store or data_dir changed: it takes effect at the next restart"
+                );
+            }
             for w in &rt.warnings {
                 tracing::warn!("{w}");
             }

@@ -12,6 +12,7 @@ mod grants;
 mod policy;
 mod proxy;
 mod reload;
+mod replicas;
 mod security;
 mod sessions;
 mod tls;

@@ -24,7 +24,7 @@ pub(crate) fn alice() -> Identity {
     }
 }
 
-fn cookie_for(host: &str, expires: u64) -> String {
+pub(crate) fn cookie_for(host: &str, expires: u64) -> String {
     cookie_with(host, expires, alice())
 }
 

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub use portcullis::config::MapEnv;
 
 mod echo;
+pub mod redis;
 #[allow(unused_imports)]
 pub use echo::{Echo, Seen};
 

@@ -199,6 +199,21 @@ pub(super) fn settings(raw: &RawConfig, cx: &mut Ctx<'_>) -> Settings {
             .data_dir
             .as_ref()
             .map_or_else(|| cx.path("data"), |d| cx.path(&d.value)),
+        session_store: secret_from(
+            cx,
+            "session_store",
+            raw.session_store.as_ref(),
+            raw.session_store_file.as_ref(),
+        )
+        .and_then(
+            |s| match crate::config::settings::StoreUrl::parse(&s.value) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    s.error(cx, &e);
+                    None
+                }
+            },
+        ),
     }
 }
 
