@@ -317,12 +317,26 @@ pub fn probes(routes: &RouteTable) -> Vec<Request> {
     ];
     let mut methods = vec![Method::GET];
     let mut ips: Vec<Option<IpAddr>> = vec![None];
+    /// Values each matcher of `m` accepts: the value itself for `is`, `starts_with`,
+    /// `contains` and `in`, and one ending in it for `ends_with`.
     fn strs(m: &StrMatch) -> Vec<String> {
-        let mut v: Vec<String> = [&m.is, &m.starts_with]
+        let mut v: Vec<String> = [&m.is, &m.starts_with, &m.contains]
             .into_iter()
             .flatten()
             .map(|s| s.to_string())
             .collect();
+        // As an email and as a domain: whichever the criterion reads, one of them is valid.
+        if let Some(s) = &m.ends_with {
+            let dot = if s.starts_with('.') || s.contains('@') {
+                ""
+            } else {
+                "."
+            };
+            v.push(format!("probe{dot}{s}"));
+            if !s.contains('@') {
+                v.push(format!("probe@probe{dot}{s}"));
+            }
+        }
         v.extend(m.one_of.iter().flatten().map(|s| s.to_string()));
         v
     }
@@ -416,6 +430,33 @@ pub fn probes(routes: &RouteTable) -> Vec<Request> {
                 walk(e, &mut paths, &mut who, &mut methods, &mut ips);
             }
         }
+    }
+    // Members of several named groups at once: which `to` entry or grant comes first for
+    // them is what a reordering changes.
+    let mut groups: Vec<String> = who
+        .iter()
+        .flatten()
+        .flat_map(|w| w.groups.iter().cloned())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let member = |gs: Vec<String>| {
+        Some(Who {
+            email: Some("member@probe.invalid".into()),
+            verified: true,
+            groups: gs,
+            ..Who::default()
+        })
+    };
+    if groups.len() > 1 {
+        if groups.len() <= 8 {
+            for (i, a) in groups.iter().enumerate() {
+                for b in &groups[i + 1..] {
+                    who.push(member(vec![a.clone(), b.clone()]));
+                }
+            }
+        }
+        who.push(member(groups.clone()));
     }
     paths.retain(|p| p.starts_with('/'));
     paths.sort();

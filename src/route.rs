@@ -162,6 +162,21 @@ impl Route {
         }
     }
 
+    /// Everything this route decides about the headers a user's requests carry upstream
+    /// (its own edits, the grant `chosen`, the identity headers): an open WebSocket whose
+    /// value changes at a reload is closed, so that it reconnects with the new ones.
+    pub fn forwarding(&self, chosen: Option<usize>) -> String {
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{}|{}",
+            self.set_request_headers,
+            self.granted(chosen),
+            self.remove_request_headers,
+            self.jwt_claims_headers,
+            self.pass_identity_headers,
+            self.preserve_host_header,
+        )
+    }
+
     /// The headers of grant `chosen` (`Permitted::grant`), none without one.
     pub fn granted(&self, chosen: Option<usize>) -> &[(http::HeaderName, HeaderValue)] {
         chosen

@@ -123,9 +123,12 @@ impl Runtime {
     /// Starts or stops ACME orders to match this runtime.
     pub fn sync_acme(&self, acme: &crate::tls::acme::Acme) {
         match &self.acme {
-            Some((hosts, client)) => {
-                acme.sync(self.settings.autocert.as_ref(), Some(client), hosts)
-            }
+            Some((hosts, client)) => acme.sync(
+                self.settings.autocert.as_ref(),
+                Some(client),
+                hosts,
+                self.settings.session_store.as_ref(),
+            ),
             None => acme.stop(),
         }
     }

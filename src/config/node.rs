@@ -18,8 +18,11 @@ pub enum NodeKind {
     /// Key/value pairs in file order, each key with its own position.
     Map(Vec<(String, Pos, Node)>),
     Seq(Vec<Node>),
-    /// Every scalar but `true`/`false`/null, as written (numbers included).
+    /// A string scalar.
     Str(String),
+    /// A scalar YAML reads as a number (`10`, `0x10`, `1.10`), as the parser gave it back:
+    /// not always as written (`0x10` is `16`), so where the text matters it must be quoted.
+    Num(String),
     Bool(bool),
     Null,
 }
@@ -30,6 +33,7 @@ impl Node {
             NodeKind::Map(_) => "a mapping",
             NodeKind::Seq(_) => "a list",
             NodeKind::Str(_) => "a string",
+            NodeKind::Num(_) => "a number",
             NodeKind::Bool(_) => "a boolean",
             NodeKind::Null => "nothing",
         }
@@ -64,13 +68,13 @@ impl<'de> Visitor<'de> for KindVisitor {
         Ok(NodeKind::Bool(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<NodeKind, E> {
-        Ok(NodeKind::Str(v.to_string()))
+        Ok(NodeKind::Num(v.to_string()))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<NodeKind, E> {
-        Ok(NodeKind::Str(v.to_string()))
+        Ok(NodeKind::Num(v.to_string()))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<NodeKind, E> {
-        Ok(NodeKind::Str(v.to_string()))
+        Ok(NodeKind::Num(v.to_string()))
     }
     fn visit_unit<E: de::Error>(self) -> Result<NodeKind, E> {
         Ok(NodeKind::Null)

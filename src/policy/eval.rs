@@ -164,6 +164,11 @@ pub struct Permitted {
 #[derive(Debug)]
 pub enum Refusal {
     Unauthenticated,
+    /// Let in by the policy, but no `to` entry picks this user.
+    Unassigned {
+        identity: Option<Arc<Identity>>,
+        rule: Option<RuleOrigin>,
+    },
     Denied {
         identity: Option<Arc<Identity>>,
         rule: Option<RuleOrigin>,
@@ -188,6 +193,7 @@ pub fn authorize(
             _sealed: (),
         }),
         Outcome::Unauthenticated => Err(Refusal::Unauthenticated),
+        Outcome::Deny if d.reason == NO_UPSTREAM => Err(Refusal::Unassigned { identity, rule }),
         Outcome::Deny => Err(Refusal::Denied {
             identity,
             rule,

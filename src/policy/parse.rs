@@ -377,7 +377,7 @@ fn criterion(key: &str, kpos: Pos, value: &Node, errs: &mut Errors<'_>) -> Optio
                 return None;
             }
             let m = match &value.kind {
-                NodeKind::Str(s) => ClaimMatch::Has(s.as_str().into()),
+                NodeKind::Str(s) | NodeKind::Num(s) => ClaimMatch::Has(s.as_str().into()),
                 NodeKind::Map(entries) if entries.len() == 1 && entries[0].0 == "has" => {
                     ClaimMatch::Has(single_string(key, "has", &entries[0].2, errs)?.into())
                 }
@@ -442,7 +442,7 @@ fn matchers<'n>(
 
 fn single_string<'n>(key: &str, m: &str, node: &'n Node, errs: &mut Errors<'_>) -> Option<&'n str> {
     match &node.kind {
-        NodeKind::Str(s) if !s.is_empty() => Some(s),
+        NodeKind::Str(s) | NodeKind::Num(s) if !s.is_empty() => Some(s),
         _ => {
             errs.at(
                 node.pos,

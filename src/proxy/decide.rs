@@ -5,7 +5,7 @@
 use http::{header, Method, Request};
 
 use super::error::ProxyError;
-use crate::policy::eval::{Permitted, NO_UPSTREAM};
+use crate::policy::eval::Permitted;
 use crate::policy::Refusal;
 
 /// What the request was, as far as the table cares.
@@ -50,18 +50,19 @@ pub fn decide(verdict: Result<Permitted, Refusal>, asked: Asked) -> Next {
         Err(Refusal::Unauthenticated) => Next::Refuse(ProxyError::Unauthenticated),
         Err(Refusal::Denied {
             identity, reason, ..
-        }) => {
-            let who = identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()));
-            Next::Refuse(if reason == NO_UPSTREAM {
-                ProxyError::NoUpstream { who }
-            } else {
-                ProxyError::Forbidden {
-                    who,
-                    reason: reason.to_string(),
-                }
-            })
+        }) => Next::Refuse(ProxyError::Forbidden {
+            who: who(identity),
+            reason: reason.to_string(),
+        }),
+        Err(Refusal::Unassigned { identity, .. }) => {
+            Next::Refuse(ProxyError::NoUpstream { who: who(identity) })
         }
     }
+}
+
+/// The user a refusal page names: the email, else the subject.
+fn who(identity: Option<std::sync::Arc<crate::policy::Identity>>) -> Option<String> {
+    identity.map(|i| i.email.clone().unwrap_or_else(|| i.sub.clone()))
 }
 
 /// A top-level browser navigation (which is sent to sign in rather than given a 401): a GET
@@ -96,10 +97,9 @@ mod tests {
     /// Let in, but no `to` entry picks the user.
     fn unassigned() -> Refusal {
         match denied() {
-            Refusal::Denied { identity, .. } => Refusal::Denied {
+            Refusal::Denied { identity, .. } => Refusal::Unassigned {
                 identity,
                 rule: None,
-                reason: NO_UPSTREAM,
             },
             r => r,
         }

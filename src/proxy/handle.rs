@@ -277,7 +277,7 @@ async fn inner<'r>(
                 ip: conn.peer.ip(),
                 identity: permitted.identity.clone(),
                 upstream: route.target(permitted.target).describe(),
-                granted: route.granted(permitted.grant).to_vec(),
+                forwarding: route.forwarding(permitted.grant),
                 revoke,
             }),
         }
@@ -339,7 +339,9 @@ fn shadow_compare(
     let (word, rule) = match enforced {
         Ok(p) => ("allow", p.rule.as_ref()),
         Err(policy::Refusal::Unauthenticated) => ("unauthenticated", None),
-        Err(policy::Refusal::Denied { rule, .. }) => ("deny", rule.as_ref()),
+        Err(policy::Refusal::Denied { rule, .. } | policy::Refusal::Unassigned { rule, .. }) => {
+            ("deny", rule.as_ref())
+        }
     };
     let shadow_word = match shadow.outcome {
         policy::Outcome::Allow => "allow",

@@ -317,13 +317,38 @@ fn forwarded_cookies(h: &HeaderMap, name: &str, owned: &[String]) -> Option<Opti
     Some(HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)).ok())
 }
 
-/// Is this `name=value` pair's name one a route sets in its `Cookie` header?
+/// Is this `name=value` pair's name one a route sets in its `Cookie` header? Compared as
+/// frameworks read cookie names: PHP percent-decodes them and turns `.` and ` ` into `_`, so
+/// `v%69aroute` and `via.route` are `viaroute` and `via_route` there.
 fn is_owned_cookie(pair: &[u8], owned: &[String]) -> bool {
     if owned.is_empty() {
         return false;
     }
-    let n = pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii();
-    owned.iter().any(|o| o.as_bytes() == n)
+    let n = fold_cookie_name(pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii());
+    owned.iter().any(|o| fold_cookie_name(o.as_bytes()) == n)
+}
+
+/// A cookie name percent-decoded, with `.`, ` ` and `[` as `_`.
+fn fold_cookie_name(name: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        let mut b = name[i];
+        if b == b'%' && i + 2 < name.len() {
+            if let (Some(h), Some(l)) = (hex(name[i + 1]), hex(name[i + 2])) {
+                b = h << 4 | l;
+                i += 2;
+            }
+        }
+        out.push(if matches!(b, b'.' | b' ' | b'[') {
+            b'_'
+        } else {
+            b
+        });
+        i += 1;
+    }
+    out
 }
 
 /// Removes the upstream's `Set-Cookie` headers that would set or clear one of Portcullis's

@@ -18,10 +18,11 @@ pub struct OpenSocket {
     pub path: String,
     pub ip: IpAddr,
     pub identity: Option<Arc<Identity>>,
-    /// The upstreams serving it (`Target::describe`) and the headers its grant set: a reload
-    /// that moves the user to another `to` entry or changes what they are granted closes it.
+    /// The upstreams serving it (`Target::describe`) and what its route sets in the headers
+    /// it went with (`Route::forwarding`): a reload that moves the user to another `to` entry
+    /// or changes those headers (a grant, the route's edits, the identity headers) closes it.
     pub upstream: String,
-    pub granted: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub forwarding: String,
     pub revoke: Arc<Notify>,
 }
 
@@ -105,6 +106,6 @@ fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
         r.allow_websockets
             && d.outcome == Outcome::Allow
             && r.target(d.target).describe() == s.upstream
-            && r.granted(d.grant) == s.granted.as_slice()
+            && r.forwarding(d.grant) == s.forwarding
     })
 }

@@ -28,17 +28,28 @@ use crate::config::settings::AutocertSettings;
 pub struct HostCert {
     /// Installed by the host's task when it starts; none before (no certificate yet either).
     resolver: ArcSwapOption<ResolvesServerCertAcme>,
+    /// With several replicas (`acme_shared`): the certificate every replica serves, and the
+    /// challenge answers of whichever replica orders.
+    pub(super) shared_cert: ArcSwapOption<CertifiedKey>,
+    pub(super) shared_challenge: ArcSwapOption<CertifiedKey>,
+    pub(super) shared_http01: Mutex<HashMap<String, String>>,
+    /// Orders this replica placed for the host (with several replicas, one of them orders).
+    pub orders: std::sync::atomic::AtomicU32,
     /// notAfter of the certificate in use (unix seconds); 0 before the first one.
-    not_after: AtomicI64,
+    pub(super) not_after: AtomicI64,
     /// When rustls-acme orders its renewal: at 2/3 of its lifetime (unix seconds); 0 before
     /// the first certificate.
-    renew_at: AtomicI64,
+    pub(super) renew_at: AtomicI64,
 }
 
 impl HostCert {
     fn new() -> HostCert {
         HostCert {
             resolver: ArcSwapOption::empty(),
+            shared_cert: ArcSwapOption::empty(),
+            shared_challenge: ArcSwapOption::empty(),
+            shared_http01: Mutex::default(),
+            orders: std::sync::atomic::AtomicU32::new(0),
             not_after: AtomicI64::new(0),
             renew_at: AtomicI64::new(0),
         }
@@ -47,6 +58,13 @@ impl HostCert {
     /// The certificate for a handshake, or the TLS-ALPN-01 challenge certificate for a
     /// validation handshake; `None` while there is neither.
     pub fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if is_challenge(&hello) {
+            if let Some(c) = self.shared_challenge.load_full() {
+                return Some(c);
+            }
+        } else if let Some(c) = self.shared_cert.load_full() {
+            return Some(c);
+        }
         self.resolver.load().as_ref()?.resolve(hello)
     }
 }
@@ -62,6 +80,8 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 #[derive(Default)]
 struct Managed {
     settings: Option<AutocertSettings>,
+    /// With several replicas: the session store the orders are shared through.
+    store: Option<crate::config::settings::StoreUrl>,
     tasks: HashMap<String, AbortHandle>,
 }
 
@@ -74,10 +94,27 @@ impl Drop for Managed {
 }
 
 /// Every host's ACME certificate, kept up to date by one task per host.
-#[derive(Default)]
 pub struct Acme {
     hosts: ArcSwap<HashMap<String, Arc<HostCert>>>,
     managed: Mutex<Managed>,
+    /// This replica's name in the shared ACME lock.
+    replica: Arc<str>,
+}
+
+impl Default for Acme {
+    fn default() -> Acme {
+        let mut id = [0u8; 12];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        Acme {
+            hosts: ArcSwap::default(),
+            managed: Mutex::default(),
+            replica: id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+        }
+    }
 }
 
 impl Acme {
@@ -88,11 +125,16 @@ impl Acme {
 
     /// The key authorization for an HTTP-01 challenge token, if an order is waiting for it.
     pub fn http01(&self, host: &str, token: &str) -> Option<String> {
-        self.get(host)?
-            .resolver
-            .load()
-            .as_ref()?
-            .get_http_01_key_auth(token)
+        let cert = self.get(host)?;
+        if let Some(auth) = cert
+            .shared_http01
+            .lock()
+            .ok()
+            .and_then(|m| m.get(token).cloned())
+        {
+            return Some(auth);
+        }
+        cert.resolver.load().as_ref()?.get_http_01_key_auth(token)
     }
 
     /// (host, notAfter) of each certificate obtained so far, for metrics.
@@ -115,6 +157,7 @@ impl Acme {
         settings: Option<&AutocertSettings>,
         client: Option<&Arc<ClientConfig>>,
         hosts: &[String],
+        store: Option<&crate::config::settings::StoreUrl>,
     ) {
         let mut m = self.managed.lock().unwrap_or_else(|p| p.into_inner());
         let (settings, client) = match (settings, client) {
@@ -129,12 +172,13 @@ impl Acme {
             }
         };
         let mut current: HashMap<String, Arc<HostCert>> = (**self.hosts.load()).clone();
-        if m.settings.as_ref() != Some(settings) {
+        if m.settings.as_ref() != Some(settings) || m.store.as_ref() != store {
             for (_, t) in m.tasks.drain() {
                 t.abort();
             }
             current.clear();
             m.settings = Some(settings.clone());
+            m.store = store.cloned();
             if let Err(e) = private_dir(&settings.dir) {
                 tracing::error!(dir = %settings.dir.display(), error = %e, "ACME: cannot use autocert_dir; certificates are not cached");
             }
@@ -153,13 +197,27 @@ impl Acme {
                 continue;
             }
             let cert = Arc::new(HostCert::new());
-            let task = tokio::spawn(run(
-                h.clone(),
-                settings.clone(),
-                client.clone(),
-                cert.clone(),
-                ORDER_DEADLINE,
-            ));
+            let shared = m
+                .store
+                .as_ref()
+                .and_then(|u| redis::Client::open(u.url.as_str()).ok());
+            let task = match shared {
+                Some(redis) => tokio::spawn(super::acme_shared::run(
+                    h.clone(),
+                    settings.clone(),
+                    client.clone(),
+                    cert.clone(),
+                    redis,
+                    self.replica.clone(),
+                )),
+                None => tokio::spawn(run(
+                    h.clone(),
+                    settings.clone(),
+                    client.clone(),
+                    cert.clone(),
+                    ORDER_DEADLINE,
+                )),
+            };
             m.tasks.insert(h.clone(), task.abort_handle());
             current.insert(h.clone(), cert);
         }
@@ -168,7 +226,7 @@ impl Acme {
 
     /// Stops every order and renewal (server shutdown).
     pub fn stop(&self) {
-        self.sync(None, None, &[]);
+        self.sync(None, None, &[], None);
     }
 }
 
@@ -321,12 +379,12 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// `autocert_dir`: account keys and certificates (with their keys) as files only this user can
 /// read, written atomically; it also records the expiry of the certificate it sees.
-struct DirStore {
-    dir: PathBuf,
-    cert: Arc<HostCert>,
+pub(super) struct DirStore {
+    pub(super) dir: PathBuf,
+    pub(super) cert: Arc<HostCert>,
 }
 
-fn digest(parts: &[&str]) -> String {
+pub(super) fn digest(parts: &[&str]) -> String {
     use base64::Engine;
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for p in parts {
@@ -337,7 +395,7 @@ fn digest(parts: &[&str]) -> String {
 }
 
 impl DirStore {
-    fn note_expiry(&self, pem: &[u8]) {
+    pub(super) fn note_expiry(&self, pem: &[u8]) {
         if let Some(Ok(c)) = CertificateDer::pem_slice_iter(pem).next() {
             if let Ok((_, x)) = x509_parser::parse_x509_certificate(&c) {
                 let (from, to) = (
@@ -353,7 +411,7 @@ impl DirStore {
         }
     }
 
-    async fn read(&self, name: String) -> std::io::Result<Option<Vec<u8>>> {
+    pub(super) async fn read(&self, name: String) -> std::io::Result<Option<Vec<u8>>> {
         match tokio::fs::read(self.dir.join(name)).await {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -361,7 +419,7 @@ impl DirStore {
         }
     }
 
-    async fn write(&self, name: String, bytes: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write(&self, name: String, bytes: &[u8]) -> std::io::Result<()> {
         let dir = self.dir.clone();
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || {

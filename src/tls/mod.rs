@@ -1,6 +1,7 @@
 //! TLS termination: certificates chosen by SNI, HTTP/2 and HTTP/1.1 by ALPN.
 
 pub mod acme;
+mod acme_shared;
 pub mod files;
 
 use rustls::server::ResolvesServerCert;

@@ -745,4 +745,41 @@ fn explain_names_the_upstream_and_the_grant_and_diff_shows_a_changed_grant() {
             && l.contains("operator.read")),
         "{text}"
     );
+
+    // Grants reordered: only a member of both groups is affected, and --diff finds them; an
+    // email matcher widened with `ends_with` too.
+    let two = |first: &str, second: &str, domain: &str| {
+        format!(
+            "insecure_server: true\nroutes:\n  - from: https://claw.example.com\n    to: http://gw:1\n    allow_any_authenticated_user: true\n    grants:\n\
+             \x20     - when: {{ groups: {{ has: {first} }} }}\n        set_request_headers: {{ X-OpenClaw-Scopes: {first} }}\n\
+             \x20     - when: {{ groups: {{ has: {second} }} }}\n        set_request_headers: {{ X-OpenClaw-Scopes: {second} }}\n\
+             \x20     - when: {{ email: {{ ends_with: '{domain}' }} }}\n        set_request_headers: {{ X-OpenClaw-Scopes: by-email }}\n\
+             \x20     - set_request_headers: {{ X-OpenClaw-Scopes: none }}\n"
+        )
+    };
+    let (old, new) = (dir.path().join("o.yaml"), dir.path().join("n.yaml"));
+    for (a, b, what) in [
+        (
+            two("readers", "admins", "@x.corp.test"),
+            two("admins", "readers", "@x.corp.test"),
+            "in admins, readers",
+        ),
+        (
+            two("readers", "admins", "@x.corp.test"),
+            two("readers", "admins", ".corp.test"),
+            "corp.test",
+        ),
+    ] {
+        std::fs::write(&old, a).unwrap();
+        std::fs::write(&new, b).unwrap();
+        let out = bin()
+            .args(["explain", "--diff"])
+            .arg(&old)
+            .arg(&new)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{what}: {text}");
+        assert!(text.contains(what), "{what}: {text}");
+    }
 }

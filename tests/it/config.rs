@@ -694,6 +694,27 @@ fn to_entries_and_grants_are_checked_with_their_positions() {
         "needs `set_request_headers`",
     );
     assert_error(
+        &route(&format!("{to}    grants: []\n")),
+        "5:13",
+        "the list is empty",
+    );
+    // A grant that leaves out a name the others set, and a second route to the same upstream
+    // that sets none of it: both said (for OpenClaw, those users would have no cap).
+    let gaps = ok(&format!(
+        "{HEAD}  - from: https://a\n    to: http://gw:1\n    allow_any_authenticated_user: true\n    grants:\n\
+         \x20     - when: {{ groups: {{ has: a }} }}\n        set_request_headers: {{ X-OpenClaw-Scopes: operator.admin }}\n\
+         \x20     - set_request_headers: {{ X-Other: x }}\n\
+         \x20 - from: https://b\n    to: [http://gw:1]\n    allow_any_authenticated_user: true\n\
+         \x20 - from: https://c\n    to: http://elsewhere:1\n    allow_any_authenticated_user: true\n"
+    ));
+    let w = gaps.warnings.join("\n");
+    assert!(
+        w.contains("config.yaml:9:9: this grant does not set `x-openclaw-scopes`"),
+        "{w}"
+    );
+    assert!(w.contains("config.yaml:10: route `https://b` reaches the same upstream as route `https://a` (line 3)"), "{w}");
+    assert!(!w.contains("https://c`"), "{w}");
+    assert_error(
         &route(&format!("{to}    grants: {{ X-A: b }}\n")),
         "5:13",
         "grants: give a list",

@@ -216,3 +216,37 @@ async fn a_reload_that_changes_a_users_grant_closes_their_websocket_and_keeps_th
         "a socket whose grant did not change was closed"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_what_the_route_sets_upstream_closes_its_websockets() {
+    let echo = Echo::start("a").await;
+    let yaml = |v: &str| {
+        format!(
+            "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
+             \x20 - from: http://claw.test\n    to: {}\n    allow_websockets: true\n    allow_any_authenticated_user: true\n\
+             \x20   set_request_headers: {{ X-OpenClaw-Scopes: {v} }}\n",
+            echo.url()
+        )
+    };
+    let p = Proxy::start(&yaml("operator.admin")).await;
+    let cookie = cookie_with("claw.test", now() + 600, alice());
+    let mut ws = ws_connect(
+        p.addr(),
+        "claw.test",
+        "/ws",
+        &[("origin", "http://claw.test"), ("cookie", &cookie)],
+    )
+    .await
+    .expect("upgrade");
+    // The same config again: the socket stays.
+    std::fs::write(&p.config, yaml("operator.admin")).unwrap();
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
+    assert_eq!(ws_roundtrip(&mut ws, "1").await.as_deref(), Some("1"));
+    // The cap it was opened with is tightened: it reconnects with the new one.
+    std::fs::write(&p.config, yaml("operator.read")).unwrap();
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
+    let (code, _) = close_reason(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("a socket kept the headers of the old config");
+    assert_eq!(code, 1008);
+}

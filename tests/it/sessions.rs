@@ -263,14 +263,16 @@ async fn a_route_that_removes_or_sets_cookie_owns_it_also_beside_the_session() {
         "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\nroutes:\n\
          \x20 - from: http://rm.test\n    to: {e}\n    remove_request_headers: [Cookie]\n    allowed_groups: [staff]\n\
          \x20 - from: http://set.test\n    to: {e}\n    set_request_headers: {{Cookie: role=fixed; tier=gold}}\n    allowed_groups: [staff]\n\
-         \x20 - from: http://other.test\n    to: {e}\n    allowed_groups: [staff]\n",
+         \x20 - from: http://other.test\n    to: {e}\n    allowed_groups: [staff]\n\
+         \x20 - from: http://grant.test\n    to: {e}\n    allowed_groups: [staff]\n    grants:\n      - set_request_headers: {{Cookie: gw_role=reader}}\n",
         e = echo.url()
     ))
     .await;
     // Another route keeps the client's cookies but for the names set.test sets: a client
     // cannot pass itself off there as what set.test says.
     let session = cookie_for("other.test", now() + 600);
-    let cookie = format!("a=1; role=admin; {session}; tier =gold");
+    // Also under the spellings PHP reads as the same name (`t%69er`), and a name a grant sets.
+    let cookie = format!("a=1; role=admin; {session}; tier =gold; t%69er=gold; gw_role=admin");
     let r = get(
         p.addr(),
         "other.test",

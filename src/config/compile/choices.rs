@@ -56,6 +56,13 @@ pub(super) fn grants(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<SetHeaders>, 
         );
         return None;
     };
+    if items.is_empty() {
+        cx.errs.at(
+            node.pos,
+            "grants: the list is empty; give `{when, set_request_headers}` entries or remove the key",
+        );
+        return None;
+    }
     let before = cx.errs.list.len();
     let mut grants = Vec::new();
     let mut choices = Vec::new();
@@ -156,6 +163,10 @@ fn string_map(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<(String, String)>> {
     for (k, _, v) in entries {
         match &v.kind {
             NodeKind::Str(s) => out.push((k.clone(), s.clone())),
+            NodeKind::Num(n) => cx.errs.at(
+                v.pos,
+                format!("the value of `{k}` is read as the number {n}: quote it (\"…\") to send it as written"),
+            ),
             _ => cx.errs.at(
                 v.pos,
                 format!("the value of `{k}` must be a string, not {}", v.describe()),

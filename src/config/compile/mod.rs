@@ -127,6 +127,7 @@ pub fn compile(
             }
         }
     }
+    grant_warnings(&routes, &mut cx);
     // A name Portcullis sets on any route is never taken from a client on any route: a public
     // route to the same upstream would otherwise carry a forged copy of another route's
     // identity or secret header.
@@ -308,4 +309,61 @@ pub(super) fn canonical_path(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -
 
 pub(super) fn as_list(v: &Option<Spanned<Vec<String>>>) -> Option<(&[String], Pos)> {
     v.as_ref().map(|s| (s.value.as_slice(), pos(s)))
+}
+
+/// A header a grant sets is only a cap when every request to that upstream carries it: for
+/// OpenClaw's `X-OpenClaw-Scopes`, absent means no cap at all. Warns about a grant of a route
+/// that leaves out a name its other grants set, and about a route to the same upstream that
+/// sets none of it.
+fn grant_warnings(routes: &[crate::route::Route], cx: &mut Ctx<'_>) {
+    use http::HeaderName;
+    let source = cx.errs.source.to_string();
+    let mut granted: Vec<(HeaderName, usize)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let names: Vec<&HeaderName> = {
+            let mut v: Vec<&HeaderName> = r.grants.iter().flatten().map(|(n, _)| n).collect();
+            v.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            v.dedup();
+            v
+        };
+        for (g, headers) in r.grants.iter().enumerate() {
+            for n in &names {
+                if !headers.iter().any(|(h, _)| h == *n) {
+                    let at = r.policy.grants.get(g).map(|c| c.pos).unwrap_or_default();
+                    cx.warnings.push(format!(
+                        "{source}:{}:{}: this grant does not set `{n}`, which other grants of the route set: the users it picks get no `{n}` (for X-OpenClaw-Scopes, no cap); set it, to \"\" for none",
+                        at.line, at.col
+                    ));
+                }
+            }
+        }
+        for n in names {
+            if !granted.iter().any(|(h, _)| h == n) {
+                granted.push((n.clone(), i));
+            }
+        }
+    }
+    for (name, by) in &granted {
+        let g = &routes[*by];
+        let upstreams: Vec<&str> = g
+            .targets
+            .iter()
+            .flat_map(|t| t.upstreams.iter().map(|u| &*u.pool_key))
+            .collect();
+        for r in routes {
+            let sets = r.grants.iter().flatten().any(|(h, _)| h == name)
+                || r.set_request_headers.iter().any(|(h, _)| h == name);
+            let shares = r
+                .targets
+                .iter()
+                .flat_map(|t| t.upstreams.iter())
+                .any(|u| upstreams.contains(&&*u.pool_key));
+            if shares && !sets {
+                cx.warnings.push(format!(
+                    "{source}:{}: route `{}` reaches the same upstream as route `{}` (line {}), which grants `{name}`, and sets no `{name}`: its requests go without it (for X-OpenClaw-Scopes, no cap)",
+                    r.line, r.name, g.name, g.line
+                ));
+            }
+        }
+    }
 }

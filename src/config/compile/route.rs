@@ -196,7 +196,8 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         || format!("{}{}", from.origin_string(), path.describe()),
         |n| n.value.clone(),
     );
-    let owned_cookies = cookie_names(&set_request_headers);
+    // Cookie names the route sets, in `set_request_headers` or in any grant.
+    let owned_cookies = cookie_names(set_request_headers.iter().chain(grants.iter().flatten()));
     // What the route sets is the route's: a client's copy under any spelling is stripped.
     let owned_headers = jwt_claims_headers
         .iter()
@@ -321,9 +322,8 @@ pub(super) fn settable_headers(
 }
 
 /// The names of the cookies a route sets in its `Cookie` header.
-fn cookie_names(set: &[(HeaderName, HeaderValue)]) -> Vec<String> {
-    set.iter()
-        .filter(|(n, _)| n == http::header::COOKIE)
+fn cookie_names<'a>(set: impl Iterator<Item = &'a (HeaderName, HeaderValue)>) -> Vec<String> {
+    set.filter(|(n, _)| n == http::header::COOKIE)
         .flat_map(|(_, v)| crate::http::cookie::pairs(v.as_bytes()))
         .map(|c| {
             let n = &c[..memchr::memchr(b'=', c).unwrap_or(c.len())];
