@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::acme::{backoff, digest, DirStore, HostCert};
+use super::acme_store::{backoff, digest, DirStore, HostCert};
 use crate::config::settings::AutocertSettings;
 
 /// Time given to every replica to hear of a challenge before the CA is asked to validate.

@@ -2,6 +2,7 @@
 
 pub mod acme;
 mod acme_shared;
+mod acme_store;
 pub mod files;
 
 use rustls::server::ResolvesServerCert;

@@ -341,3 +341,74 @@ async fn http_01_on_the_redirect_port_when_tls_alpn_01_cannot_reach_us() {
     assert_eq!(r.status, 404);
     p.handle.shutdown().await;
 }
+
+/// Two replicas sharing a session store: one orders, the CA's validation reaches the other
+/// (every validation connection is sent to it), which answers with the challenge the first
+/// published; both then serve the one certificate issued.
+#[tokio::test]
+async fn two_replicas_share_one_order_and_the_one_that_did_not_order_answers_the_validation() {
+    init();
+    let echo = Echo::start("up").await;
+    let redis = crate::support::redis::Redis::start();
+    let work = tempfile::tempdir().unwrap();
+    let (hold, front) = reserve_port();
+    let (_http_hold, http_port) = reserve_port();
+    let pebble = Pebble::start(work.path(), front, http_port).await;
+    let roots = pebble.root().await;
+    let host = "shared.acme.test";
+    let yaml = |cache: &str| {
+        config(
+            0,
+            &pebble,
+            &work.path().join(cache),
+            &[host],
+            &echo.url(),
+            &format!("session_store: {}\n", redis.url()),
+        )
+    };
+    // The port Pebble validates on forwards every connection to replica b, once b is up.
+    drop(hold);
+    let forward_to: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", front))
+        .await
+        .unwrap();
+    let to = forward_to.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let Some(b) = *to.lock().unwrap() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut u) = tokio::net::TcpStream::connect(b).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+            });
+        }
+    });
+
+    let a = Proxy::start(&yaml("cache-a")).await;
+    let orders = |p: &Proxy| {
+        p.handle
+            .shared
+            .acme
+            .get(host)
+            .map_or(0, |c| c.orders.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    // a takes the lock and starts the order; b starts while a's challenge is propagating.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while orders(&a) == 0 {
+        assert!(Instant::now() < deadline, "replica a never ordered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = Proxy::start(&yaml("cache-b")).await;
+    *forward_to.lock().unwrap() = Some(b.addr());
+
+    let from_a = wait_for_certificate(a.addr(), host, &roots).await;
+    let from_b = wait_for_certificate(b.addr(), host, &roots).await;
+    assert_eq!(from_a, from_b, "both replicas serve the one certificate");
+    assert_eq!((orders(&a), orders(&b)), (1, 0), "one order, by a");
+    let r = tls_get(b.addr(), host, host, "/via-b").await;
+    assert_eq!(r.status, 200);
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}

@@ -2,6 +2,8 @@
 //! (request headers set by the policy language). Each entry's `when` is compiled by the policy
 //! parser; the choice itself is made by the one evaluator (`policy::eval`).
 
+use http::{HeaderName, HeaderValue};
+
 use crate::config::error::Pos;
 use crate::config::node::{Node, NodeKind};
 use crate::policy::parse::condition;
@@ -76,9 +78,8 @@ pub(super) fn grants(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<SetHeaders>, 
             );
             continue;
         };
-        let headers = string_map(cx, set).map(|pairs| {
-            super::route::settable_headers(cx, "grants: set_request_headers", pairs, set.pos)
-        });
+        let headers = string_map(cx, set)
+            .map(|pairs| settable_headers(cx, "grants: set_request_headers", pairs, set.pos));
         if let (Some(h), Some(when)) = (headers, entry.when(cx)) {
             grants.push(h);
             choices.push(Choice::new(when, item.pos));
@@ -248,4 +249,46 @@ fn upstream(cx: &mut Ctx<'_>, s: &str, at: Pos) -> Option<Upstream> {
             None
         }
     }
+}
+
+/// Headers a route sets (`set_request_headers`, a grant's): names and values checked, and
+/// none that Portcullis writes itself.
+pub(super) fn settable_headers(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    pairs: Vec<(String, String)>,
+    at: Pos,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (name, value) in pairs {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            cx.errs
+                .at(at, format!("{key}: `{name}` is not a valid header name"));
+            continue;
+        };
+        let folded = crate::http::hop::folded_name(&name);
+        if folded == http::header::HOST
+            || folded == http::header::CONTENT_LENGTH
+            || crate::http::hop::is_hop_by_hop(&folded)
+        {
+            // Written by Portcullis itself: a value here would be ignored or break framing.
+            cx.errs.at(
+                at,
+                format!(
+                    "{key}: `{name}` is Portcullis's to write (the upstream's \
+                     Host is the `to` URL's, or the client's with preserve_host_header; \
+                     framing and hop-by-hop headers belong to each connection)"
+                ),
+            );
+            continue;
+        }
+        match HeaderValue::from_str(&value) {
+            Ok(v) => out.push((name, v)),
+            Err(_) => cx.errs.at(
+                at,
+                format!("{key}: the value of `{name}` is not a valid header value"),
+            ),
+        }
+    }
+    out
 }

@@ -110,7 +110,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            settable_headers(cx, "set_request_headers", pairs, pos(m))
+            choices::settable_headers(cx, "set_request_headers", pairs, pos(m))
         }
         None => Vec::new(),
     };
@@ -277,48 +277,6 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
         host: host.trim_end_matches('.').to_ascii_lowercase(),
         port: u.port(),
     })
-}
-
-/// Headers a route sets (`set_request_headers`, a grant's): names and values checked, and
-/// none that Portcullis writes itself.
-pub(super) fn settable_headers(
-    cx: &mut Ctx<'_>,
-    key: &str,
-    pairs: Vec<(String, String)>,
-    at: Pos,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::new();
-    for (name, value) in pairs {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            cx.errs
-                .at(at, format!("{key}: `{name}` is not a valid header name"));
-            continue;
-        };
-        let folded = crate::http::hop::folded_name(&name);
-        if folded == http::header::HOST
-            || folded == http::header::CONTENT_LENGTH
-            || crate::http::hop::is_hop_by_hop(&folded)
-        {
-            // Written by Portcullis itself: a value here would be ignored or break framing.
-            cx.errs.at(
-                at,
-                format!(
-                    "{key}: `{name}` is Portcullis's to write (the upstream's \
-                     Host is the `to` URL's, or the client's with preserve_host_header; \
-                     framing and hop-by-hop headers belong to each connection)"
-                ),
-            );
-            continue;
-        }
-        match HeaderValue::from_str(&value) {
-            Ok(v) => out.push((name, v)),
-            Err(_) => cx.errs.at(
-                at,
-                format!("{key}: the value of `{name}` is not a valid header value"),
-            ),
-        }
-    }
-    out
 }
 
 /// The names of the cookies a route sets in its `Cookie` header.
