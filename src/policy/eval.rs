@@ -264,3 +264,52 @@ impl StrMatch {
                 .is_none_or(|vs| vs.iter().any(|v| s == &**v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{authorize, Facts, Refusal};
+    use crate::policy::Identity;
+    use std::sync::Arc;
+
+    /// A user the policy lets in but no `to` entry names is refused as unassigned (its own
+    /// page); one the policy refuses is denied, whatever the `to` entries say.
+    #[test]
+    fn policy_refusals_tell_unassigned_from_denied() {
+        let policy = crate::config::load_str(
+            "insecure_server: true\nroutes:\n  - from: http://a\n    to:\n      - when: { groups: { has: team-a } }\n        to: http://b\n    allowed_domains: [b.test]\n",
+            "t.yaml",
+            std::path::Path::new("."),
+            &crate::config::MapEnv::default(),
+        )
+        .unwrap()
+        .routes
+        .remove(0)
+        .policy;
+        let facts = Facts {
+            method: &http::Method::GET,
+            path: "/",
+            ip: None,
+        };
+        let who = |email: &str, groups: &[&str]| {
+            Some(Arc::new(Identity {
+                sub: "u1".into(),
+                email: Some(email.into()),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                ..Default::default()
+            }))
+        };
+        assert!(authorize(&policy, who("a@b.test", &["team-a"]), &facts).is_ok());
+        assert!(matches!(
+            authorize(&policy, who("a@b.test", &["team-b"]), &facts),
+            Err(Refusal::Unassigned { .. })
+        ));
+        assert!(matches!(
+            authorize(&policy, who("a@c.test", &["team-a"]), &facts),
+            Err(Refusal::Denied { .. })
+        ));
+        assert!(matches!(
+            authorize(&policy, None, &facts),
+            Err(Refusal::Unauthenticated)
+        ));
+    }
+}

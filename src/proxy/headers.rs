@@ -337,7 +337,7 @@ fn fold_cookie_name(name: &[u8]) -> Vec<u8> {
         let mut b = name[i];
         if b == b'%' && i + 2 < name.len() {
             if let (Some(h), Some(l)) = (hex(name[i + 1]), hex(name[i + 2])) {
-                b = h << 4 | l;
+                b = h * 16 + l;
                 i += 2;
             }
         }
@@ -675,6 +675,39 @@ mod tests {
             assert!(!out.contains_key(n), "{n} kept");
         }
         assert!(out.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn owned_cookie_names_are_compared_as_php_reads_them() {
+        let owned = ["via_route".to_string(), "abcd".to_string()];
+        let kept = |pair: &str| !super::is_owned_cookie(pair.as_bytes(), &owned);
+        // Percent-decoded, `.`, ` ` and `[` read as `_`.
+        for taken in [
+            "via_route=1",
+            "v%69a_route=1",
+            "via.route=1",
+            "via%2eroute=1",
+            "via[route=1",
+            " abcd =2",
+            "%61bcd=3",
+        ] {
+            assert!(!kept(taken), "{taken}");
+        }
+        // Only a `%` starts an escape, and only two hex digits after it make one.
+        for pair in [
+            "xbcd=1",
+            "abc=1",
+            "via_routes=1",
+            "%4=1",
+            "ab%6=1",
+            "%=1",
+            "a%zzcd=1",
+            "viaXroute=1",
+        ] {
+            assert!(kept(pair), "{pair}");
+        }
+        assert_eq!(super::fold_cookie_name(b"%41%4"), b"A%4");
+        assert_eq!(super::fold_cookie_name(b"%7e%7E"), b"~~");
     }
 
     #[test]
