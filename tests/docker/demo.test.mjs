@@ -117,6 +117,19 @@ test('`docker compose exec ... portcullis explain` answers on the running config
   assert.match(deny.stdout, /^deny/, deny.stdout + deny.stderr);
 });
 
+test('the demo gateway keeps `openclaw config set` in its state volume and refuses writes to its gateway section', async () => {
+  const openclaw = (...args) => demo.exec('openclaw-demo', ['openclaw', ...args]);
+  const set = await openclaw('config', 'set', 'ui.seamColor', '#4f7cff');
+  assert.equal(set.code, 0, set.stdout + set.stderr);
+  const refused = await openclaw('config', 'set', 'gateway.auth.mode', 'none');
+  assert.notEqual(refused.code, 0, `gateway.auth.mode none was accepted: ${refused.stdout}`);
+  assert.match(refused.stdout + refused.stderr, /cannot update external \$include target \/etc\/openclaw\/openclaw-gateway\.json/);
+  const proxies = await openclaw('config', 'get', 'gateway.trustedProxies', '--json');
+  assert.deepEqual(JSON.parse(proxies.stdout), ['172.28.53.30']);
+  const mode = await openclaw('config', 'get', 'gateway.auth.mode');
+  assert.equal(mode.stdout.trim(), 'trusted-proxy');
+});
+
 test('a route added to the mounted config on the host is served within seconds', async () => {
   const file = path.join(PROJECT, 'deploy', 'demo', 'config.yaml');
   const discovery = () => request('idp.localhost', '/.well-known/openid-configuration').catch((e) => ({ status: e.message }));
@@ -163,6 +176,8 @@ test('docker compose restart keeps a signed-in browser signed in and a revoked c
 
   assert.equal((await json(kept)).status, 200, 'the signed-in cookie still opens a session (the same cookie secret)');
   assert.equal((await json(stolen)).status, 401, 'the revoked cookie stays revoked (the data volume)');
+  const color = await demo.exec('openclaw-demo', ['openclaw', 'config', 'get', 'ui.seamColor']);
+  assert.equal(color.stdout.trim(), '#4f7cff', 'the gateway\'s setting stays (its state volume)');
   // The browser itself: straight back into the control UI, no sign-in, connected again.
   const page = await signedIn.context.newPage();
   const sockets = recordSockets(page);
