@@ -1,4 +1,4 @@
-//! Command line: run | check | explain | secret | health.
+//! Command line: run | check | explain | secret | health | tcp.
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print a fresh random 32-byte key, base64 (for `cookie_secret`).
     Secret,
+    /// Open a TCP route (`from: tcp+https://HOST:PORT`) through Portcullis: relays stdin and
+    /// stdout (ssh's ProxyCommand) or each connection on --listen; signs in when needed.
+    Tcp(crate::tunnel_client::TcpArgs),
     /// Probe the admin listener's /readyz; exit 0 when ready.
     Health {
         /// Full URL of /readyz (default: from the config's metrics_address).
@@ -119,6 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
             explain(&path, &ProcessEnv, &args)
         }
         Some(Command::Health { url }) => health(cli.config.as_deref(), url),
+        Some(Command::Tcp(args)) => crate::tunnel_client::run(args),
         None => {
             let Some(path) = config_path(&cli.config) else {
                 return ExitCode::from(1);

@@ -29,9 +29,11 @@ pub mod upstream;
 // Certificates and sign-in.
 pub mod auth;
 pub mod tls;
-// The running config, counters, the request path, listeners, the command line.
+// The running config, counters, the request path, listeners, the TCP-route client, the
+// command line.
 pub mod cli;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub(crate) mod tunnel_client;

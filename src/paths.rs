@@ -9,6 +9,9 @@ pub const CALLBACK: &str = "/.portcullis/callback";
 pub const SIGN_OUT: &str = "/.portcullis/sign_out";
 /// "You are signed out" (the IdP's post-logout redirect URI).
 pub const SIGNED_OUT: &str = "/.portcullis/signed_out";
+/// `portcullis tcp`'s sign-in: `?port=N&state=S` names its loopback listener, which gets
+/// the session for TCP routes once the signed-in user confirms.
+pub const CLI: &str = "/.portcullis/cli";
 /// Who am I.
 pub const WHOAMI: &str = "/.portcullis/";
 /// The public keys that verify the assertion JWT.

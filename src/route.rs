@@ -12,6 +12,9 @@ use crate::upstream::{Destination, Upstream, UpstreamClient};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FromMatch {
     pub https: bool,
+    /// A TCP route (`tcp+https://host:port`): reached with CONNECT `host:port`, never by an
+    /// HTTP request; its port names the target, not a listener.
+    pub tcp: bool,
     /// Lower-case, without a trailing dot.
     pub host: String,
     /// When `from` names no port, any port on which Portcullis listens matches.
@@ -20,7 +23,12 @@ pub struct FromMatch {
 
 impl FromMatch {
     pub fn origin_string(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
+        let scheme = match (self.tcp, self.https) {
+            (false, true) => "https",
+            (false, false) => "http",
+            (true, true) => "tcp+https",
+            (true, false) => "tcp+http",
+        };
         match self.port {
             Some(p) => format!("{scheme}://{}:{p}", self.host),
             None => format!("{scheme}://{}", self.host),
@@ -198,11 +206,18 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// First route whose host (and port) and path match.
+    /// First HTTP route whose host (and port) and path match.
     pub fn find(&self, host: &str, port: Option<u16>, path: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| r.from.matches(host, port) && r.path.matches(path))
+            .find(|r| !r.from.tcp && r.from.matches(host, port) && r.path.matches(path))
+    }
+
+    /// The TCP route for a CONNECT to `host:port`, if one names exactly that.
+    pub fn find_tcp(&self, host: &str, port: u16) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.from.tcp && r.from.host == host && r.from.port == Some(port))
     }
 
     /// Whether the first route on this host is https (its sign-in URLs use that scheme).

@@ -140,6 +140,31 @@ impl Auth {
         self.key.as_ref()?.seal("session", self.jar.scope(host), s)
     }
 
+    /// A session as `portcullis tcp` holds it: sealed for purpose `cli`, so it never opens
+    /// as a cookie (nor a cookie as one), under the same scope and with the same id, so that
+    /// signing out in the browser ends it too.
+    pub fn seal_cli(&self, host: &str, s: &Session) -> Option<String> {
+        self.key.as_ref()?.seal("cli", self.jar.scope(host), s)
+    }
+
+    /// The session in a `Proxy-Authorization: Portcullis TOKEN` header, unless it has
+    /// expired or been signed out.
+    pub fn open_cli(
+        &self,
+        store: &dyn RevocationStore,
+        host: &str,
+        token: &str,
+    ) -> Option<Arc<Session>> {
+        let s: Session = self
+            .key
+            .as_ref()?
+            .open("cli", self.jar.scope(host), token)?;
+        if s.expires <= now() || store.is_revoked(&s.id) {
+            return None;
+        }
+        Some(Arc::new(s))
+    }
+
     /// The `Set-Cookie` values that store a session just made or refreshed: the session
     /// (chunked, on every request) and its ID token in the cookie only sign-out is sent.
     pub fn session_cookies(

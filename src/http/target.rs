@@ -220,7 +220,7 @@ impl Target {
     }
 }
 
-fn parse_host(s: &str) -> Result<(String, Option<u16>), TargetError> {
+pub fn parse_host(s: &str) -> Result<(String, Option<u16>), TargetError> {
     if s.is_empty() || s.contains('@') {
         return Err(TargetError::BadHost);
     }

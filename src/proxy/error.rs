@@ -24,6 +24,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     /// No session (non-navigation requests; navigations are redirected to sign in).
     Unauthenticated,
+    /// A CONNECT to a TCP route without a session: `portcullis tcp` signs in and asks again.
+    TunnelSignIn,
     /// Signed in (or not) and refused by the route's policy.
     Forbidden {
         who: Option<String>,
@@ -61,6 +63,7 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProxyError::TunnelSignIn => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::Forbidden { .. }
             | ProxyError::NoUpstream { .. }
             | ProxyError::WebSocketNotAllowed
@@ -79,6 +82,7 @@ impl ProxyError {
             ProxyError::Misdirected => "misdirected_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Unauthenticated => "unauthenticated",
+            ProxyError::TunnelSignIn => "sign_in_required",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::NoUpstream { .. } => "no_upstream",
             ProxyError::WebSocketNotAllowed => "websocket_not_allowed",
@@ -98,6 +102,9 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed => "This method is not served.".into(),
             ProxyError::Unauthenticated => "Sign in first.".into(),
+            ProxyError::TunnelSignIn => {
+                "Sign in first: `portcullis tcp HOST:PORT` opens the sign-in page.".into()
+            }
             ProxyError::Forbidden { who: Some(w), .. } => {
                 format!("You are signed in as {w}, and this account may not open this page.")
             }
@@ -133,7 +140,7 @@ impl ProxyError {
             self,
             ProxyError::Forbidden { who: Some(_), .. } | ProxyError::NoUpstream { who: Some(_) }
         );
-        if wants_json {
+        let mut r = if wants_json {
             let body = serde_json::json!({ "error": self.code(), "message": msg, "status": status.as_u16() });
             page(status, "application/json", body.to_string())
         } else {
@@ -154,7 +161,15 @@ impl ProxyError {
                 msg = html_escape(&msg),
             );
             page(status, "text/html; charset=utf-8", html)
+        };
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            // RFC 9110 §11.7.1: a 407 names how to authenticate.
+            r.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Portcullis realm=\"portcullis\""),
+            );
         }
+        r
     }
 }
 

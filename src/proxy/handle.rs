@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::error::{page, ProxyError};
 use super::headers::{self, Forwarding};
 use super::state::{ConnInfo, Shared};
-use super::{decide, portal};
+use super::{decide, portal, tunnel};
 use super::{websocket, Body};
 use crate::auth::session::Session;
 use crate::auth::SetCookies;
@@ -111,7 +111,17 @@ async fn inner<'r>(
     cx: &mut Ctx<'r>,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed);
+        let mut log = tunnel::Logged {
+            target: None,
+            route: None,
+            user: None,
+            decision: "-",
+        };
+        // Boxed: a path taken rarely (see `portal::serve` below).
+        let r = Box::pin(tunnel::connect(rt, shared, conn, req, &mut log)).await;
+        (cx.target, cx.route, cx.user, cx.decision) =
+            (log.target, log.route, log.user, log.decision);
+        return r;
     }
     if req.uri().path() == "*" && req.uri().authority().is_none() {
         if req.method() == Method::OPTIONS {
@@ -271,6 +281,7 @@ async fn inner<'r>(
             signed_out: shared.signed_out.subscribe(),
             revoked: revoke.clone(),
             registered: shared.sockets.add(super::sockets::OpenSocket {
+                tcp: false,
                 host: target.host.clone(),
                 port: target.port,
                 path: target.path.clone(),

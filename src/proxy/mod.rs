@@ -8,6 +8,7 @@ pub mod portal;
 pub mod relay;
 pub mod sockets;
 pub mod state;
+pub mod tunnel;
 pub mod websocket;
 
 use bytes::Bytes;

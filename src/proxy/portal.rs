@@ -12,7 +12,7 @@ use crate::auth::session::{valid_state, LoginState, MAX_LOGINS};
 use crate::auth::SetCookies;
 use crate::clock::now;
 use crate::http::target::{normalize_path, Target};
-use crate::paths::{CALLBACK, JWKS, SIGNED_OUT, SIGN_IN, SIGN_OUT, WHOAMI};
+use crate::paths::{CALLBACK, CLI, JWKS, SIGNED_OUT, SIGN_IN, SIGN_OUT, WHOAMI};
 use crate::runtime::Runtime;
 
 /// Longest `code`/`state` accepted at the callback (before any work is done).
@@ -127,8 +127,8 @@ pub async fn serve(
         return Err(ProxyError::NotFound);
     }
     let https = rt.routes.host_is_https(&target.host).unwrap_or(https);
-    let post_sign_out = req.method() == Method::POST && target.path == SIGN_OUT;
-    if req.method() != Method::GET && req.method() != Method::HEAD && !post_sign_out {
+    let post = req.method() == Method::POST && (target.path == SIGN_OUT || target.path == CLI);
+    if req.method() != Method::GET && req.method() != Method::HEAD && !post {
         return Err(ProxyError::MethodNotAllowed);
     }
     let q = target.query.as_deref();
@@ -164,6 +164,7 @@ pub async fn serve(
             "A page on another site asked to sign you out.",
             SIGN_OUT_FORM,
         )),
+        CLI => cli(rt, shared, https, target, req, cookies),
         SIGNED_OUT => Ok(info_page(
             "Signed out",
             "You are signed out.",
@@ -193,6 +194,62 @@ fn from_this_origin(https: bool, target: &Target, req: &Request<Incoming>) -> bo
                 })
         }
     }
+}
+
+/// `portcullis tcp`'s sign-in (RFC 8252's loopback redirect): signs the browser in if it is
+/// not, asks the user to confirm (a POST from this origin, so another site cannot hand a
+/// session to whatever listens on a loopback port), then sends the browser on to
+/// `http://127.0.0.1:PORT/?state=S&token=T`, the session sealed for the command line.
+fn cli(
+    rt: &Runtime,
+    shared: &Shared,
+    https: bool,
+    target: &Target,
+    req: &Request<Incoming>,
+    cookies: &mut SetCookies,
+) -> Result<Response<Body>, ProxyError> {
+    let q = target.query.as_deref();
+    let port = query_param(q, "port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p >= 1024);
+    let state = query_param(q, "state").filter(|s| valid_state(s));
+    let (Some(port), Some(state)) = (port, state) else {
+        return Err(ProxyError::BadRequest(
+            "this page is opened by `portcullis tcp`, with its port and state".into(),
+        ));
+    };
+    let here = format!("{CLI}?port={port}&state={state}");
+    let Some(s) = rt.auth.open(&*shared.store, &target.host, req.headers()) else {
+        if req.method() == Method::POST {
+            return Err(ProxyError::Unauthenticated);
+        }
+        return start_login(rt, https, target, here, req.headers(), cookies);
+    };
+    let who = s.identity.email.as_deref().unwrap_or(&s.identity.sub);
+    if req.method() != Method::POST || !from_this_origin(https, target, req) {
+        return Ok(info_page(
+            "Sign in portcullis tcp?",
+            &format!(
+                "The command `portcullis tcp` on this computer asks for access to the TCP routes of {} as {who}, until you sign out. Continue only if you just started it.",
+                target.host
+            ),
+            &format!(
+                r#"<form method="post" action="{}"><button type="submit">Sign in portcullis tcp</button></form>"#,
+                html_escape(&here)
+            ),
+        ));
+    }
+    let token = rt
+        .auth
+        .seal_cli(&target.host, &s)
+        .ok_or_else(|| login_failed("cannot seal the session"))?;
+    tracing::info!(user = who, port, "signed in portcullis tcp");
+    let mut to = url::Url::parse(&format!("http://127.0.0.1:{port}/"))
+        .map_err(|_| ProxyError::BadRequest("unusable port".into()))?;
+    to.query_pairs_mut()
+        .append_pair("state", &state)
+        .append_pair("token", &token);
+    Ok(moving_on_to(to.as_str(), "Signed in portcullis tcp"))
 }
 
 fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {
@@ -335,10 +392,17 @@ fn sign_out(
 
 /// A page that sends the browser on to `location` (a meta refresh, and a link).
 fn moving_on(location: &str) -> Response<Body> {
+    moving_on_to(location, "Signed out here")
+}
+
+/// A page that moves on to `location` by itself: a plain navigation, which a redirect
+/// answering a form would not be (the pages' CSP has `form-action 'self'`).
+fn moving_on_to(location: &str, done: &str) -> Response<Body> {
     let to = html_escape(location);
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0; url={to}\">\
-<title>Signing out</title></head><body><p>Signed out here. <a href=\"{to}\">Continue</a></p></body></html>"
+<title>{done}</title></head><body><p>{done}. <a href=\"{to}\">Continue</a></p></body></html>",
+        done = html_escape(done)
     );
     page(StatusCode::OK, "text/html; charset=utf-8", html)
 }

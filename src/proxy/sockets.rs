@@ -1,4 +1,4 @@
-//! Every open WebSocket, with what a reload needs to decide it again: its route's host, port
+//! Every open WebSocket and TCP tunnel, with what a reload needs to decide it again: its route's host, port
 //! and path, its client's address and its user. A reload (or a refreshed identity) that no
 //! longer allows one notifies it, and it closes.
 
@@ -13,6 +13,8 @@ use crate::runtime::Runtime;
 
 /// What a reload needs to decide an open WebSocket again.
 pub struct OpenSocket {
+    /// A tunnel of a TCP route (CONNECT) rather than a WebSocket.
+    pub tcp: bool,
     pub host: String,
     pub port: Option<u16>,
     pub path: String,
@@ -96,15 +98,25 @@ impl Registry {
 /// `allow_websockets`, its policy for the socket's identity, the same upstreams and the same
 /// grant)?
 fn allowed(s: &OpenSocket, rt: &Runtime) -> bool {
-    rt.routes.find(&s.host, s.port, &s.path).is_some_and(|r| {
+    let route = if s.tcp {
+        s.port.and_then(|p| rt.routes.find_tcp(&s.host, p))
+    } else {
+        rt.routes
+            .find(&s.host, s.port, &s.path)
+            .filter(|r| r.allow_websockets)
+    };
+    route.is_some_and(|r| {
         let facts = Facts {
-            method: &http::Method::GET,
+            method: if s.tcp {
+                &http::Method::CONNECT
+            } else {
+                &http::Method::GET
+            },
             path: &s.path,
             ip: Some(s.ip),
         };
         let d = evaluate(&r.policy, s.identity.as_deref(), &facts);
-        r.allow_websockets
-            && d.outcome == Outcome::Allow
+        d.outcome == Outcome::Allow
             && r.target(d.target).describe() == s.upstream
             && r.forwarding(d.grant) == s.forwarding
     })

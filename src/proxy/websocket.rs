@@ -94,7 +94,7 @@ const POLICY: &str = "access revoked by a policy change";
 /// with the browser's requests): a user disabled at the IdP loses the socket then, not at the
 /// session's end. A sign-out broadcast this socket missed (it lagged) is looked up in the
 /// revocation store instead.
-async fn ended(e: &mut Ends) -> &'static str {
+pub(super) async fn ended(e: &mut Ends) -> &'static str {
     loop {
         let now = crate::clock::now();
         let (id, expires, refresh_at) = match &e.session {

@@ -45,4 +45,24 @@ impl Upstream {
             host_header,
         })
     }
+
+    /// A TCP route's target, `tcp://host:port`: only its authority is used.
+    pub fn from_tcp_url(u: &url::Url) -> Result<Upstream, String> {
+        let host = u.host_str().ok_or("no host")?;
+        let port = u.port().ok_or("no port")?;
+        let authority_str = format!("{host}:{port}");
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| "not a valid host".to_string())?;
+        let host_header =
+            HeaderValue::from_str(&authority_str).map_err(|_| "not a valid host".to_string())?;
+        Ok(Upstream {
+            pool_key: std::sync::Arc::from(format!("tcp://{authority}")),
+            scheme: Scheme::HTTP,
+            host: authority.host().into(),
+            authority,
+            base_path: String::new(),
+            host_header,
+        })
+    }
 }

@@ -14,7 +14,7 @@ pub struct UpstreamTls {
 }
 
 /// The default trust: the system's roots plus Mozilla's (so a scratch image still verifies).
-pub(super) fn default_roots() -> Arc<RootCertStore> {
+pub fn default_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

@@ -16,4 +16,5 @@ mod replicas;
 mod security;
 mod sessions;
 mod tls;
+mod tunnel;
 mod upstream;

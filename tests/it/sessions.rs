@@ -36,23 +36,34 @@ pub(crate) fn cookie_with(host: &str, expires: u64, identity: Identity) -> Strin
 /// The Cookie header of a session sealed for `scope` (a host, or the `cookie_domain`), named
 /// as a jar with that `cookie_domain` names it.
 fn cookie_in(domain: Option<&str>, scope: &str, expires: u64, identity: Identity) -> String {
+    cookie_of(domain, scope, &session(expires, identity))
+}
+
+/// A fresh session (a new id) for `identity`, ending at `expires`.
+pub(crate) fn session(expires: u64, identity: Identity) -> Session {
+    Session {
+        id: rand_id(),
+        identity: identity.into(),
+        expires,
+        id_token_exp: expires,
+        refresh_token: None,
+    }
+}
+
+/// The config's cookie key (`SECRET`).
+pub(crate) fn key() -> CookieKey {
     use base64::Engine;
     let key: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(SECRET)
         .unwrap()
         .try_into()
         .unwrap();
-    let s = Session {
-        id: rand_id(),
-        identity: identity.into(),
-        expires,
-        id_token_exp: expires,
-        refresh_token: None,
-    };
-    let sealed = CookieKey::new(&key)
-        .unwrap()
-        .seal("session", scope, &s)
-        .unwrap();
+    CookieKey::new(&key).unwrap()
+}
+
+/// The Cookie header that carries `s`, sealed for `scope` as a sign-in seals it.
+pub(crate) fn cookie_of(domain: Option<&str>, scope: &str, s: &Session) -> String {
+    let sealed = key().seal("session", scope, s).unwrap();
     let jar = CookieJar::new(
         "_portcullis",
         domain.map(String::from),

@@ -18,11 +18,15 @@ const TO_SHAPE: &str =
 
 /// The route's `to` entries and, when they are chosen by `when`, their conditions (empty for
 /// a plain URL or list: it serves everyone).
-pub(super) fn targets(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<Target>, Vec<Choice>)> {
+pub(super) fn targets(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    tcp: bool,
+) -> Option<(Vec<Target>, Vec<Choice>)> {
     match &node.kind {
-        NodeKind::Str(_) => Some((vec![Target::new(urls(cx, node)?)], Vec::new())),
+        NodeKind::Str(_) => Some((vec![Target::new(urls(cx, node, tcp)?)], Vec::new())),
         NodeKind::Seq(items) if items.iter().all(|i| matches!(i.kind, NodeKind::Str(_))) => {
-            Some((vec![Target::new(urls(cx, node)?)], Vec::new()))
+            Some((vec![Target::new(urls(cx, node, tcp)?)], Vec::new()))
         }
         NodeKind::Seq(items) if items.iter().all(|i| matches!(i.kind, NodeKind::Map(_))) => {
             let before = cx.errs.list.len();
@@ -35,7 +39,7 @@ pub(super) fn targets(cx: &mut Ctx<'_>, node: &Node) -> Option<(Vec<Target>, Vec
                     cx.errs.at(item.pos, "a `to` entry needs `to`: the upstream URL (or list of them) for the users its `when` picks");
                     continue;
                 };
-                if let (Some(u), Some(when)) = (urls(cx, to), entry.when(cx)) {
+                if let (Some(u), Some(when)) = (urls(cx, to, tcp), entry.when(cx)) {
                     targets.push(Target::new(u));
                     choices.push(Choice::new(when, item.pos));
                 }
@@ -178,7 +182,7 @@ fn string_map(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<(String, String)>> {
 }
 
 /// The upstream URLs of a `to` (one string or a list of strings), each checked.
-fn urls(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Upstream>> {
+fn urls(cx: &mut Ctx<'_>, node: &Node, tcp: bool) -> Option<Vec<Upstream>> {
     let list: Vec<(&str, Pos)> = match &node.kind {
         NodeKind::Str(s) => vec![(s.as_str(), node.pos)],
         NodeKind::Seq(items) => items
@@ -203,11 +207,54 @@ fn urls(cx: &mut Ctx<'_>, node: &Node) -> Option<Vec<Upstream>> {
     let before = cx.errs.list.len();
     let mut out = Vec::new();
     for (s, at) in list {
-        if let Some(u) = upstream(cx, s, at) {
+        let u = if tcp {
+            tcp_upstream(cx, s, at)
+        } else {
+            upstream(cx, s, at)
+        };
+        if let Some(u) = u {
             out.push(u);
         }
     }
     (cx.errs.list.len() == before).then_some(out)
+}
+
+/// `tcp://host:port`, the target of a TCP route.
+fn tcp_upstream(cx: &mut Ctx<'_>, s: &str, at: Pos) -> Option<Upstream> {
+    let u = match url::Url::parse(s) {
+        Ok(u) if u.scheme() == "tcp" => u,
+        Ok(_) => {
+            cx.errs.at(
+                at,
+                format!("to: `{s}`: a TCP route's target is tcp://host:port"),
+            );
+            return None;
+        }
+        Err(e) => {
+            cx.errs.at(at, format!("to: `{s}` is not a URL ({e})"));
+            return None;
+        }
+    };
+    let (Some(host), Some(_)) = (u.host_str().filter(|h| !h.is_empty()), u.port()) else {
+        cx.errs.at(
+            at,
+            format!("to: `{s}`: needs a host and a port, as in tcp://openclaw-gateway:22"),
+        );
+        return None;
+    };
+    if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() || !u.username().is_empty()
+    {
+        cx.errs.at(at, format!("to: `{s}`: only a host and a port"));
+        return None;
+    }
+    let _ = host;
+    match Upstream::from_tcp_url(&u) {
+        Ok(up) => Some(up),
+        Err(e) => {
+            cx.errs.at(at, format!("to: `{s}`: {e}"));
+            None
+        }
+    }
 }
 
 fn upstream(cx: &mut Ctx<'_>, s: &str, at: Pos) -> Option<Upstream> {

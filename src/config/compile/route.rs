@@ -34,7 +34,11 @@ fn header_pairs(
 pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) -> Option<Route> {
     let before = cx.errs.list.len();
     let from = from_url(cx, &r.from);
-    let targets = choices::targets(cx, &r.to);
+    let tcp = from.as_ref().is_some_and(|f| f.tcp);
+    if tcp {
+        tcp_keys(cx, r, rpos);
+    }
+    let targets = choices::targets(cx, &r.to, tcp);
 
     let matchers = [&r.prefix, &r.path, &r.regex]
         .iter()
@@ -245,22 +249,32 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
             return None;
         }
     };
-    let https = match u.scheme() {
-        "https" => true,
-        "http" => false,
+    let (https, tcp) = match u.scheme() {
+        "https" => (true, false),
+        "http" => (false, false),
+        "tcp+https" => (true, true),
+        "tcp+http" => (false, true),
         s => {
             cx.errs.at(
                 pos(v),
-                format!("from: scheme `{s}` is not served; use https://"),
+                format!("from: scheme `{s}` is not served; use https:// (or tcp+https:// for a TCP route)"),
             );
             return None;
         }
     };
+    if tcp && u.port().is_none() {
+        cx.errs.at(
+            pos(v),
+            "from: a TCP route names the port it reaches, as in tcp+https://ssh.example.com:22",
+        );
+        return None;
+    }
     let Some(host) = u.host_str().filter(|h| !h.is_empty()) else {
         cx.errs.at(pos(v), "from: needs a host name");
         return None;
     };
-    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+    let no_path = u.path() == "/" || (tcp && u.path().is_empty());
+    if !no_path || u.query().is_some() || u.fragment().is_some() {
         cx.errs.at(
             pos(v),
             "from: only scheme, host and port; match paths with `prefix`, `path` or `regex`",
@@ -274,6 +288,7 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
     }
     Some(FromMatch {
         https,
+        tcp,
         host: host.trim_end_matches('.').to_ascii_lowercase(),
         port: u.port(),
     })
@@ -288,4 +303,33 @@ fn cookie_names<'a>(set: impl Iterator<Item = &'a (HeaderName, HeaderValue)>) ->
             String::from_utf8_lossy(n.trim_ascii()).into_owned()
         })
         .collect()
+}
+
+/// Keys that say how HTTP is forwarded mean nothing on a TCP route: refused, not ignored.
+fn tcp_keys(cx: &mut Ctx<'_>, r: &RawRoute, rpos: Pos) {
+    let set = [
+        ("prefix", r.prefix.is_some()),
+        ("path", r.path.is_some()),
+        ("regex", r.regex.is_some()),
+        ("prefix_rewrite", r.prefix_rewrite.is_some()),
+        ("preserve_host_header", r.preserve_host_header.is_some()),
+        ("allow_websockets", r.allow_websockets.is_some()),
+        ("set_request_headers", r.set_request_headers.is_some()),
+        ("remove_request_headers", r.remove_request_headers.is_some()),
+        ("pass_identity_headers", r.pass_identity_headers.is_some()),
+        ("jwt_claims_headers", r.jwt_claims_headers.is_some()),
+        ("grants", r.grants.is_some()),
+        ("tls_custom_ca", r.tls_custom_ca.is_some()),
+        ("tls_server_name", r.tls_server_name.is_some()),
+        ("tls_skip_verify", r.tls_skip_verify.is_some()),
+        ("idle_timeout", r.idle_timeout.is_some()),
+    ];
+    for (key, present) in set {
+        if present {
+            cx.errs.at(
+                rpos,
+                format!("`{key}` is for HTTP routes; a TCP route (tcp+https://) relays bytes and takes `to: tcp://host:port` and the policy keys"),
+            );
+        }
+    }
 }

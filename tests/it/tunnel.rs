@@ -1,0 +1,509 @@
+//! TCP routes: `CONNECT host:port` decided by the policy of the route that names exactly that
+//! host and port, bytes relayed to its `tcp://` target, the tunnel ended when access ends; and
+//! the sign-in page that hands `portcullis tcp` its session.
+
+use crate::sessions::{alice, cookie_of, key, session, SECRET};
+use crate::support::*;
+use portcullis::clock::now;
+use portcullis::policy::Identity;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP echo that counts the connections it accepted and the bytes it received.
+struct Target {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Target {
+    async fn start() -> Target {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (accepted.clone(), bytes.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let b = b.clone();
+                tokio::spawn(async move {
+                    // A banner first, as sshd sends one before the client speaks.
+                    let _ = s.write_all(b"HELLO\n").await;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                b.fetch_add(n, Ordering::SeqCst);
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Target {
+            port,
+            accepted,
+            bytes,
+        }
+    }
+
+    fn seen(&self) -> (usize, usize) {
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.bytes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn config(target: &Target, policy: &str) -> String {
+    format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\n\
+         routes:\n  - from: tcp+https://ssh.test:22\n    to: tcp://127.0.0.1:{}\n    {policy}\n\
+         \x20 - from: http://app.test\n    to: http://127.0.0.1:9\n    allow_any_authenticated_user: true\n",
+        target.port
+    )
+}
+
+async fn proxy(target: &Target) -> Proxy {
+    Proxy::start(&config(target, "allowed_domains: [example.com]")).await
+}
+
+/// The CONNECT's answer head (up to its blank line) and the stream, left at the first byte
+/// after it.
+async fn connect(p: &Proxy, authority: &str, extra: &[(&str, &str)]) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut b)).await {
+            Ok(Ok(1)) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (String::from_utf8_lossy(&head).into_owned(), tcp)
+}
+
+fn status(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The session in a `Proxy-Authorization` value, sealed as the sign-in page seals it.
+fn token(host: &str, s: &portcullis::auth::session::Session) -> String {
+    format!("Portcullis {}", key().seal("cli", host, s).unwrap())
+}
+
+/// Reads exactly `n` bytes, or what came before the peer closed or a second passed.
+async fn read_n(tcp: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut out[got..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => got += k,
+        }
+    }
+    out.truncate(got);
+    out
+}
+
+async fn echoes(tcp: &mut TcpStream) -> bool {
+    if read_n(tcp, 6).await != b"HELLO\n" {
+        return false;
+    }
+    tcp.write_all(b"ping").await.is_ok() && read_n(tcp, 4).await == b"ping"
+}
+
+/// Closed by the other side within `within` (EOF or reset), rather than still open.
+async fn closed(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 64];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn an_allowed_user_tunnels_with_the_cli_session_or_the_cookie_and_each_works_only_as_itself()
+{
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let s = session(now() + 600, alice());
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert!(echoes(&mut tcp).await, "bytes relayed both ways");
+    // A browser's CONNECT with the session cookie is the same session.
+    let cookie = cookie_of(None, "ssh.test", &s);
+    let (head, mut tcp) = connect(&p, "ssh.test:22", &[("cookie", &cookie)]).await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
+    assert_eq!(t.seen().0, 2);
+
+    // The cookie's value is not a CLI token, a CLI token is no cookie, and neither opens for
+    // another host.
+    let sealed_cookie = key().seal("session", "ssh.test", &s).unwrap();
+    let as_token = format!("Portcullis {sealed_cookie}");
+    let (head, _) = connect(&p, "ssh.test:22", &[("proxy-authorization", &as_token)]).await;
+    assert_eq!(status(&head), 407, "{head}");
+    let cli = key().seal("cli", "app.test", &s).unwrap();
+    let r = get(
+        p.addr(),
+        "app.test",
+        "/",
+        &[
+            ("cookie", &format!("_portcullis={cli}")),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let (head, _) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("app.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 407, "{head}");
+    // Another scheme, or an expired session: no session.
+    let basic = format!("Basic {}", key().seal("cli", "ssh.test", &s).unwrap());
+    let (head, _) = connect(&p, "ssh.test:22", &[("proxy-authorization", &basic)]).await;
+    assert_eq!(status(&head), 407, "{head}");
+    let old = session(now() - 1, alice());
+    let (head, _) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &old))],
+    )
+    .await;
+    assert_eq!(status(&head), 407, "{head}");
+    assert_eq!(t.seen().0, 2, "no refused CONNECT reached the target");
+}
+
+#[tokio::test]
+async fn without_a_session_or_with_a_refused_user_no_byte_reaches_the_target() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let (head, mut tcp) = connect(&p, "ssh.test:22", &[("accept", "application/json")]).await;
+    assert_eq!(status(&head), 407, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: portcullis"),
+        "{head}"
+    );
+    // Bytes sent after a refusal are never relayed: the connection is HTTP still.
+    let _ = tcp.write_all(b"SSH-2.0-sneaky\r\n").await;
+    let bob = Identity {
+        sub: "u-bob".into(),
+        email: Some("bob@other.test".into()),
+        email_verified: Some(true),
+        ..alice()
+    };
+    let s = session(now() + 600, bob);
+    let (head, mut tcp2) = connect(
+        &p,
+        "ssh.test:22",
+        &[
+            ("proxy-authorization", &token("ssh.test", &s)),
+            ("accept", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(status(&head), 403, "{head}");
+    let body = String::from_utf8_lossy(&read_n(&mut tcp2, 200).await).into_owned();
+    assert!(
+        body.contains("bob@other.test"),
+        "the refusal names the user: {body}"
+    );
+    let _ = tcp2.write_all(b"SSH-2.0-sneaky\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.seen(), (0, 0), "the target saw nothing");
+}
+
+#[tokio::test]
+async fn only_a_host_and_port_a_tcp_route_names_is_tunnelled_and_http_never_reaches_it() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let s = session(now() + 600, alice());
+    for authority in [
+        "ssh.test:23".to_string(),
+        "SSH.test:2200".to_string(),
+        format!("127.0.0.1:{}", t.port),
+        "app.test:80".to_string(),
+        "other.test:22".to_string(),
+    ] {
+        let host = authority.split(':').next().unwrap().to_ascii_lowercase();
+        let (head, _) = connect(
+            &p,
+            &authority,
+            &[("proxy-authorization", &token(&host, &s))],
+        )
+        .await;
+        assert_eq!(status(&head), 404, "{authority}: {head}");
+    }
+    // Case and a trailing dot are the same host, as for HTTP routes.
+    let (head, mut tcp) = connect(
+        &p,
+        "SSH.Test.:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
+    // An HTTP request for the TCP route's host and port finds no route.
+    let cookie = cookie_of(None, "ssh.test", &s);
+    let r = get(p.addr(), "ssh.test:22", "/", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(t.seen().0, 1);
+}
+
+#[tokio::test]
+async fn malformed_connects_are_refused_without_reaching_the_target() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let tok = token("ssh.test", &session(now() + 600, alice()));
+    let auth = format!("Proxy-Authorization: {tok}\r\n");
+    for (req, want) in [
+        // Host differs from the target.
+        (format!("CONNECT ssh.test:22 HTTP/1.1\r\nHost: app.test\r\n{auth}\r\n"), "400"),
+        // No port; a path; an absolute URI; userinfo.
+        (format!("CONNECT ssh.test HTTP/1.1\r\nHost: ssh.test\r\n{auth}\r\n"), "400"),
+        (format!("CONNECT ssh.test:22/x HTTP/1.1\r\nHost: ssh.test:22\r\n{auth}\r\n"), "400"),
+        (format!("CONNECT http://ssh.test:22/ HTTP/1.1\r\nHost: ssh.test:22\r\n{auth}\r\n"), "400"),
+        (format!("CONNECT a@ssh.test:22 HTTP/1.1\r\nHost: a@ssh.test:22\r\n{auth}\r\n"), "400"),
+        // HTTP/1.0.
+        (format!("CONNECT ssh.test:22 HTTP/1.0\r\nHost: ssh.test:22\r\n{auth}\r\n"), "400"),
+        // Two Host headers.
+        (format!("CONNECT ssh.test:22 HTTP/1.1\r\nHost: ssh.test:22\r\nHost: ssh.test:22\r\n{auth}\r\n"), "400"),
+    ] {
+        let got = raw(p.addr(), req.as_bytes(), Duration::from_millis(500)).await;
+        let code = got.split(' ').nth(1).unwrap_or("");
+        assert_eq!(code, want, "{req:?} → {got}");
+    }
+    assert_eq!(t.seen().0, 0);
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_sessions_open_tunnels_and_its_token() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let s = session(now() + 600, alice());
+    let other = session(now() + 600, alice());
+    let (head, mut mine) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 200);
+    let (head, mut theirs) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &other))],
+    )
+    .await;
+    assert_eq!(status(&head), 200);
+    assert!(echoes(&mut mine).await && echoes(&mut theirs).await);
+    // Signing out in the browser (the cookie of the same session).
+    let r = get(
+        p.addr(),
+        "ssh.test",
+        "/.portcullis/sign_out",
+        &[("cookie", &cookie_of(None, "ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert!(
+        closed(&mut mine, Duration::from_secs(3)).await,
+        "the tunnel stays open after sign-out"
+    );
+    assert!(!closed(&mut theirs, Duration::from_millis(300)).await);
+    theirs.write_all(b"pong").await.unwrap();
+    assert_eq!(read_n(&mut theirs, 4).await, b"pong");
+    let (head, _) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(
+        status(&head),
+        407,
+        "the signed-out token is refused: {head}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_refuses_the_user_closes_the_tunnel_and_one_that_keeps_them_does_not() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let s = session(now() + 600, alice());
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 200);
+    assert!(echoes(&mut tcp).await);
+    // Same policy in other words: kept.
+    std::fs::write(&p.config, config(&t, "allowed_users: [alice@example.com]")).unwrap();
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
+    assert!(!closed(&mut tcp, Duration::from_millis(300)).await);
+    tcp.write_all(b"more").await.unwrap();
+    assert_eq!(read_n(&mut tcp, 4).await, b"more");
+    // alice is no longer allowed: closed.
+    std::fs::write(&p.config, config(&t, "allowed_users: [carol@example.com]")).unwrap();
+    assert!(portcullis::server::reload::reload(&p.handle, &p.config));
+    assert!(
+        closed(&mut tcp, Duration::from_secs(3)).await,
+        "the tunnel stays open after the reload"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_sign_in_page_hands_the_session_over_only_when_the_user_confirms_here() {
+    let t = Target::start().await;
+    let p = proxy(&t).await;
+    let s = session(now() + 600, alice());
+    let cookie = cookie_of(None, "ssh.test", &s);
+    let state = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let page = format!("/.portcullis/cli?port=40123&state={state}");
+    // The confirmation page, with a form that posts back here.
+    let r = get(p.addr(), "ssh.test", &page, &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 200);
+    let html = r.text();
+    assert!(
+        html.contains("alice@example.com") && html.contains("method=\"post\""),
+        "{html}"
+    );
+    assert!(!html.contains("token="), "{html}");
+    let post = |site: &'static str| {
+        let req = http::Request::post(&page)
+            .header("host", "ssh.test")
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", site)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        send(p.addr(), req)
+    };
+    // Posted from another site: the confirmation again, no session.
+    let r = post("cross-site").await;
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("token="), "{}", r.text());
+    // Posted from this page: on to the loopback listener with the state and the session.
+    let r = post("same-origin").await;
+    assert_eq!(r.status, 200);
+    let html = r.text();
+    let start = html.find("url=").expect("a page that moves on") + 4;
+    let to = html[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let to = url::Url::parse(&to).unwrap();
+    assert_eq!(to.host_str(), Some("127.0.0.1"));
+    assert_eq!(to.port(), Some(40123));
+    let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["state"], state);
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &format!("Portcullis {}", q["token"]))],
+    )
+    .await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
+    // Without port and state, or with a privileged port or a bad state: refused.
+    for bad in [
+        "/.portcullis/cli".to_string(),
+        format!("/.portcullis/cli?port=22&state={state}"),
+        "/.portcullis/cli?port=40123&state=short".to_string(),
+        format!("/.portcullis/cli?port=40123&state={state}%22%3E"),
+    ] {
+        let r = get(p.addr(), "ssh.test", &bad, &[("cookie", &cookie)]).await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}
+
+#[test]
+fn tcp_routes_take_only_what_a_tunnel_uses() {
+    let load = |route: &str| {
+        portcullis::config::load_str(
+            &format!("insecure_server: true\nroutes:\n  - {route}\n    allow_any_authenticated_user: true\n"),
+            "c.yaml",
+            std::path::Path::new("."),
+            &portcullis::config::MapEnv::default(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        load("from: tcp+https://ssh.test:22\n    to: tcp://openclaw-gateway:22"),
+        Ok(())
+    );
+    for (route, says) in [
+        (
+            "from: tcp+https://ssh.test\n    to: tcp://g:22",
+            "names the port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: http://g:22",
+            "tcp://host:port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g",
+            "needs a host and a port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g:22/x",
+            "only a host and a port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22/x\n    to: tcp://g:22",
+            "only scheme, host and port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g:22\n    prefix: /a",
+            "`prefix` is for HTTP routes",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g:22\n    allow_websockets: true",
+            "`allow_websockets` is for HTTP routes",
+        ),
+        ("from: https://app.test\n    to: tcp://g:22", "http"),
+    ] {
+        let e = load(route).expect_err(route);
+        assert!(e.contains(says) && e.contains("c.yaml:"), "{route}: {e}");
+    }
+}
