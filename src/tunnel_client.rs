@@ -2,9 +2,10 @@
 //! Portcullis, sends `CONNECT HOST:PORT` with its session (`Proxy-Authorization: Portcullis
 //! TOKEN`), and relays stdin/stdout (ssh's `ProxyCommand`) or each connection accepted on
 //! `--listen`. Without a session (a 407) it signs in as a command-line client should: it
-//! prints (and, on a desktop, opens) `https://HOST/.portcullis/cli?port=N&state=S`, where the
-//! user signs in and confirms, and receives the session on a loopback redirect to port N; the
-//! session is kept in the user's config directory (0600) and reused until it expires.
+//! prints (and, on a desktop, opens) `https://HOST/.portcullis/cli?port=N&state=S&challenge=C`,
+//! where the user signs in and confirms; a one-time code comes back on a loopback redirect to
+//! port N, which it redeems with its PKCE verifier in the next CONNECT for a session to keep in
+//! the user's config directory (0600), reused until it expires.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use crate::auth::session::pkce_challenge;
 use crate::upstream::tls::default_roots;
 
 /// Options of `portcullis tcp`.
@@ -98,6 +100,10 @@ async fn main(args: TcpArgs) -> Result<(), String> {
             c.tunnel(&mut io).await
         }
         Some(addr) => {
+            // Whoever connects is let through as the signed-in user: this machine's own.
+            if !addr.ip().is_loopback() {
+                return Err(format!("--listen {addr}: only a loopback address (127.0.0.1, ::1); every connection on it is let through as you"));
+            }
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -211,12 +217,13 @@ impl Client {
     {
         let (mut conn, early) = {
             let _one_sign_in = lock.lock().await;
-            match self.open(read_token(&self.token_file)).await? {
+            let token = read_token(&self.token_file);
+            match self.open(token.map(|t| format!("Portcullis {t}"))).await? {
                 Opened::Tunnel(conn, early) => (conn, early),
                 Opened::SignIn => {
-                    let token = self.sign_in().await?;
-                    write_token(&self.token_file, &token)?;
-                    match self.open(Some(token)).await? {
+                    let signed_in = self.sign_in().await?;
+                    let code = format!("Portcullis-Code {} {}", signed_in.code, signed_in.verifier);
+                    match self.open(Some(code)).await? {
                         Opened::Tunnel(conn, early) => (conn, early),
                         Opened::SignIn => {
                             return Err("signed in, and still asked to sign in: is this the host the sign-in page was on?".into())
@@ -232,7 +239,7 @@ impl Client {
     }
 
     /// Sends the CONNECT; a `200` is a tunnel (and whatever the target sent already).
-    async fn open(&self, token: Option<String>) -> Result<Opened, String> {
+    async fn open(&self, credential: Option<String>) -> Result<Opened, String> {
         let tcp = TcpStream::connect(&self.dial)
             .await
             .map_err(|e| format!("cannot reach {}: {e}", self.dial))?;
@@ -247,8 +254,8 @@ impl Client {
             t = self.target,
             v = env!("CARGO_PKG_VERSION")
         );
-        if let Some(t) = &token {
-            head.push_str(&format!("Proxy-Authorization: Portcullis {t}\r\n"));
+        if let Some(c) = &credential {
+            head.push_str(&format!("Proxy-Authorization: {c}\r\n"));
         }
         head.push_str("\r\n");
         tls.write_all(head.as_bytes())
@@ -279,10 +286,15 @@ impl Client {
                 Ok(n) => body.extend_from_slice(&buf[..n]),
             }
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
+        // Printed on a terminal: no control characters (escape sequences) from the server.
+        let message: String = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
         Err(
             format!("{} refused {}: {status} {message}", self.proxy, self.target)
                 .trim_end()
@@ -290,26 +302,30 @@ impl Client {
         )
     }
 
-    /// The browser sign-in: the session arrives on a loopback redirect.
-    async fn sign_in(&self) -> Result<String, String> {
+    /// The browser sign-in: a one-time code arrives on a loopback redirect, which only this
+    /// process, holding the PKCE verifier, can redeem (in its next CONNECT).
+    async fn sign_in(&self) -> Result<SignedIn, String> {
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("cannot listen on loopback for the sign-in: {e}"))?;
         let port = l.local_addr().map_err(|e| e.to_string())?.port();
-        let state = random_state()?;
+        let state = random_string()?;
+        let verifier = random_string()?;
         let mut url = self.proxy.clone();
         url.set_path(crate::paths::CLI);
         url.query_pairs_mut()
             .append_pair("port", &port.to_string())
-            .append_pair("state", &state);
+            .append_pair("state", &state)
+            .append_pair("challenge", &pkce_challenge(&verifier));
         eprintln!("portcullis tcp: sign in at {url}");
         let _ = std::io::stderr().flush();
         if !self.no_browser {
             open_browser(url.as_str());
         }
-        tokio::time::timeout(SIGN_IN_WAIT, receive(&l, &state))
+        let code = tokio::time::timeout(SIGN_IN_WAIT, receive(&l, &state))
             .await
-            .map_err(|_| "no sign-in within 5 minutes".to_string())?
+            .map_err(|_| "no sign-in within 5 minutes".to_string())??;
+        Ok(SignedIn { code, verifier })
     }
 }
 
@@ -336,6 +352,12 @@ where
         () = down => {}
         () = up => {}
     }
+}
+
+/// What the loopback redirect brought, and the verifier that redeems it.
+struct SignedIn {
+    code: String,
+    verifier: String,
 }
 
 enum Opened {
@@ -395,7 +417,7 @@ fn parse_head(raw: &[u8]) -> Result<Head, String> {
     Ok(Head { status, headers })
 }
 
-/// Waits for the browser's `GET /?state=S&token=T` on the loopback listener; other
+/// Waits for the browser's `GET /?state=S&code=C` on the loopback listener; other
 /// requests (a favicon, a wrong state) are answered and waited past.
 async fn receive(l: &TcpListener, state: &str) -> Result<String, String> {
     loop {
@@ -411,15 +433,15 @@ async fn receive(l: &TcpListener, state: &str) -> Result<String, String> {
             .and_then(|t| t.split_once('?'))
             .map_or("", |(_, q)| q);
         let mut got_state = None;
-        let mut token = None;
+        let mut code = None;
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*k {
                 "state" => got_state = Some(v.into_owned()),
-                "token" => token = Some(v.into_owned()),
+                "code" => code = Some(v.into_owned()),
                 _ => {}
             }
         }
-        let ok = got_state.as_deref() == Some(state) && token.is_some();
+        let ok = got_state.as_deref() == Some(state) && code.is_some();
         let (status, text) = if ok {
             (
                 "200 OK",
@@ -441,8 +463,8 @@ async fn receive(l: &TcpListener, state: &str) -> Result<String, String> {
         let _ = s.write_all(resp.as_bytes()).await;
         let _ = s.shutdown().await;
         if ok {
-            if let Some(t) = token {
-                return Ok(t);
+            if let Some(c) = code {
+                return Ok(c);
             }
         }
     }
@@ -469,9 +491,10 @@ async fn read_request_head(s: &mut TcpStream) -> Result<(String, Vec<u8>), Strin
     }
 }
 
-fn random_state() -> Result<String, String> {
+/// 32 random bytes, base64url: a `state`, or a PKCE verifier (RFC 7636: 43 characters).
+fn random_string() -> Result<String, String> {
     use base64::Engine;
-    let mut b = [0u8; 24];
+    let mut b = [0u8; 32];
     aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness available".to_string())?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
@@ -516,27 +539,44 @@ fn read_token(file: &Path) -> Option<String> {
     (!t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic())).then(|| t.to_string())
 }
 
-/// Writes the session readable by its owner only (the directory too).
+/// Writes the session readable by its owner only: in a directory that is theirs alone
+/// (made 0700; an existing one others can write to or that belongs to someone else is
+/// refused), through a new file of a random name, renamed over the
+/// old one.
 fn write_token(file: &Path, token: &str) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    // `create_new` is O_CREAT|O_EXCL: it never opens an existing file or follows a link.
     let dir = file.parent().ok_or("no session directory")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = file.with_extension("tmp");
+    let tmp = dir.join(format!(".{}.tmp", random_string()?));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(token.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))
+    let written = (|| {
+        let d = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+        let mine = f.metadata().map_err(|e| e.to_string())?.uid();
+        if !d.is_dir() || d.uid() != mine || d.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{}: the session directory must be yours and writable by you alone",
+                dir.display()
+            ));
+        }
+        f.write_all(token.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, file).map_err(|e| e.to_string())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| format!("{}: {e}", file.display()))
 }
 
 #[cfg(test)]

@@ -35,6 +35,17 @@ pub struct Auth {
     signing_key: Option<crate::config::keys::SigningKey>,
 }
 
+/// How long the CLI sign-in's code may wait for `portcullis tcp` to redeem it.
+const CLI_CODE_TTL: u64 = 120;
+
+/// The session, unless it has expired or been signed out.
+fn live(s: Session, store: &dyn RevocationStore) -> Option<Arc<Session>> {
+    if s.expires <= now() || store.is_revoked(&s.id) {
+        return None;
+    }
+    Some(Arc::new(s))
+}
+
 impl Auth {
     pub fn build(settings: &Settings, prev: Option<&Auth>) -> Result<(Auth, Vec<String>), String> {
         let mut warnings = Vec::new();
@@ -141,10 +152,11 @@ impl Auth {
     }
 
     /// A session as `portcullis tcp` holds it: sealed for purpose `cli`, so it never opens
-    /// as a cookie (nor a cookie as one), under the same scope and with the same id, so that
-    /// signing out in the browser ends it too.
+    /// as a cookie (nor a cookie as one), and for exactly the host whose TCP route it serves
+    /// (never the `cookie_domain`: a token minted on one host does not open another's routes).
+    /// Its id is the browser session's, so signing out there ends it too.
     pub fn seal_cli(&self, host: &str, s: &Session) -> Option<String> {
-        self.key.as_ref()?.seal("cli", self.jar.scope(host), s)
+        self.key.as_ref()?.seal("cli", host, s)
     }
 
     /// The session in a `Proxy-Authorization: Portcullis TOKEN` header, unless it has
@@ -155,14 +167,35 @@ impl Auth {
         host: &str,
         token: &str,
     ) -> Option<Arc<Session>> {
-        let s: Session = self
-            .key
-            .as_ref()?
-            .open("cli", self.jar.scope(host), token)?;
-        if s.expires <= now() || store.is_revoked(&s.id) {
+        let s: Session = self.key.as_ref()?.open("cli", host, token)?;
+        live(s, store)
+    }
+
+    /// The one-time code the CLI sign-in page sends to `portcullis tcp`'s loopback listener:
+    /// the session, bound to the PKCE challenge the CLI made (RFC 7636, S256), for two
+    /// minutes. Only the holder of the verifier turns it into a session.
+    pub fn seal_cli_code(&self, host: &str, s: &Session, challenge: &str) -> Option<String> {
+        let code = session::CliCode {
+            session: s.clone(),
+            challenge: challenge.to_string(),
+            expires: now() + CLI_CODE_TTL,
+        };
+        self.key.as_ref()?.seal("cli-code", host, &code)
+    }
+
+    /// The session a code carries, when `verifier` is the one its challenge was made from.
+    pub fn open_cli_code(
+        &self,
+        store: &dyn RevocationStore,
+        host: &str,
+        code: &str,
+        verifier: &str,
+    ) -> Option<Arc<Session>> {
+        let c: session::CliCode = self.key.as_ref()?.open("cli-code", host, code)?;
+        if c.expires <= now() || !session::pkce_matches(verifier, &c.challenge) {
             return None;
         }
-        Some(Arc::new(s))
+        live(c.session, store)
     }
 
     /// The `Set-Cookie` values that store a session just made or refreshed: the session

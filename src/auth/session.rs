@@ -44,6 +44,41 @@ pub struct Session {
     // leaves bytes after the last field it reads unread.
 }
 
+/// `portcullis tcp`'s one-time code: a session waiting for the CLI holding the PKCE verifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CliCode {
+    pub session: Session,
+    /// `BASE64URL(SHA-256(verifier))`, without padding (RFC 7636 S256).
+    pub challenge: String,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+/// A PKCE challenge as the CLI sends it: 43 base64url characters (a SHA-256).
+pub fn valid_challenge(c: &str) -> bool {
+    c.len() == 43
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `BASE64URL(SHA-256(verifier))` (RFC 7636 S256).
+pub fn pkce_challenge(verifier: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    B64.encode(d.as_ref())
+}
+
+/// Does `verifier` hash to `challenge`? (In constant time: the challenge is not secret, but
+/// nothing is gained by telling how much of it matched.)
+pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    let made = pkce_challenge(verifier);
+    made.len() == challenge.len()
+        && made
+            .bytes()
+            .zip(challenge.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// A session just made (callback) or refreshed, with the ID token the IdP gave for it.
 #[derive(Clone, Debug)]
 pub struct SignedIn {

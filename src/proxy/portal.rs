@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use super::error::{html_escape, page, ProxyError, SIGN_OUT_FORM};
 use super::state::Shared;
 use super::Body;
-use crate::auth::session::{valid_state, LoginState, MAX_LOGINS};
+use crate::auth::session::{valid_challenge, valid_state, LoginState, MAX_LOGINS};
 use crate::auth::SetCookies;
 use crate::clock::now;
 use crate::http::target::{normalize_path, Target};
@@ -196,10 +196,12 @@ fn from_this_origin(https: bool, target: &Target, req: &Request<Incoming>) -> bo
     }
 }
 
-/// `portcullis tcp`'s sign-in (RFC 8252's loopback redirect): signs the browser in if it is
-/// not, asks the user to confirm (a POST from this origin, so another site cannot hand a
-/// session to whatever listens on a loopback port), then sends the browser on to
-/// `http://127.0.0.1:PORT/?state=S&token=T`, the session sealed for the command line.
+/// `portcullis tcp`'s sign-in (RFC 8252's loopback redirect, RFC 7636's PKCE): signs the
+/// browser in if it is not, asks the user to confirm (a POST from this origin, so another site
+/// cannot hand a session to whatever listens on a loopback port), then redirects (303) to
+/// `http://127.0.0.1:PORT/?state=S&code=C`. The code is worth nothing without the verifier
+/// the CLI keeps; and being a redirect, not a page, it is out of reach of any script on this
+/// origin (an application's, behind another route on the host), which could read a page.
 fn cli(
     rt: &Runtime,
     shared: &Shared,
@@ -213,12 +215,13 @@ fn cli(
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|&p| p >= 1024);
     let state = query_param(q, "state").filter(|s| valid_state(s));
-    let (Some(port), Some(state)) = (port, state) else {
+    let challenge = query_param(q, "challenge").filter(|c| valid_challenge(c));
+    let (Some(port), Some(state), Some(challenge)) = (port, state, challenge) else {
         return Err(ProxyError::BadRequest(
-            "this page is opened by `portcullis tcp`, with its port and state".into(),
+            "this page is opened by `portcullis tcp`, with its port, state and challenge".into(),
         ));
     };
-    let here = format!("{CLI}?port={port}&state={state}");
+    let here = format!("{CLI}?port={port}&state={state}&challenge={challenge}");
     let Some(s) = rt.auth.open(&*shared.store, &target.host, req.headers()) else {
         if req.method() == Method::POST {
             return Err(ProxyError::Unauthenticated);
@@ -226,30 +229,42 @@ fn cli(
         return start_login(rt, https, target, here, req.headers(), cookies);
     };
     let who = s.identity.email.as_deref().unwrap_or(&s.identity.sub);
+    let loopback = format!("http://127.0.0.1:{port}");
     if req.method() != Method::POST || !from_this_origin(https, target, req) {
-        return Ok(info_page(
+        let mut page = info_page(
             "Sign in portcullis tcp?",
             &format!(
-                "The command `portcullis tcp` on this computer asks for access to the TCP routes of {} as {who}, until you sign out. Continue only if you just started it.",
+                "The command `portcullis tcp` on this computer (waiting on port {port}) asks for access to the TCP routes of {} as {who}, until you sign out. Continue only if you just started it.",
                 target.host
             ),
             &format!(
                 r#"<form method="post" action="{}"><button type="submit">Sign in portcullis tcp</button></form>"#,
                 html_escape(&here)
             ),
-        ));
+        );
+        // The form's answer redirects to the loopback listener, which `form-action` must allow.
+        let csp = format!(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' {loopback}; frame-ancestors 'none'; base-uri 'none'"
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            page.headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+        return Ok(page);
     }
-    let token = rt
+    let code = rt
         .auth
-        .seal_cli(&target.host, &s)
+        .seal_cli_code(&target.host, &s, &challenge)
         .ok_or_else(|| login_failed("cannot seal the session"))?;
     tracing::info!(user = who, port, "signed in portcullis tcp");
-    let mut to = url::Url::parse(&format!("http://127.0.0.1:{port}/"))
+    let mut to = url::Url::parse(&format!("{loopback}/"))
         .map_err(|_| ProxyError::BadRequest("unusable port".into()))?;
     to.query_pairs_mut()
         .append_pair("state", &state)
-        .append_pair("token", &token);
-    Ok(moving_on_to(to.as_str(), "Signed in portcullis tcp"))
+        .append_pair("code", &code);
+    let mut r = redirect(to.as_str())?;
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    Ok(r)
 }
 
 fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {
@@ -392,17 +407,10 @@ fn sign_out(
 
 /// A page that sends the browser on to `location` (a meta refresh, and a link).
 fn moving_on(location: &str) -> Response<Body> {
-    moving_on_to(location, "Signed out here")
-}
-
-/// A page that moves on to `location` by itself: a plain navigation, which a redirect
-/// answering a form would not be (the pages' CSP has `form-action 'self'`).
-fn moving_on_to(location: &str, done: &str) -> Response<Body> {
     let to = html_escape(location);
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0; url={to}\">\
-<title>{done}</title></head><body><p>{done}. <a href=\"{to}\">Continue</a></p></body></html>",
-        done = html_escape(done)
+<title>Signing out</title></head><body><p>Signed out here. <a href=\"{to}\">Continue</a></p></body></html>"
     );
     page(StatusCode::OK, "text/html; charset=utf-8", html)
 }

@@ -25,7 +25,10 @@ use crate::runtime::Runtime;
 
 /// The header `portcullis tcp` sends its session in: `Proxy-Authorization: Portcullis TOKEN`.
 pub const SCHEME: &str = "Portcullis ";
-/// A refreshed session for `portcullis tcp` to keep, on the `200` that opens a tunnel.
+/// The sign-in's one-time code and PKCE verifier: `Proxy-Authorization: Portcullis-Code CODE
+/// VERIFIER`, answered (when the policy allows) with a token to keep.
+pub const CODE_SCHEME: &str = "Portcullis-Code ";
+/// A session for `portcullis tcp` to keep (after a sign-in or a refresh), on the `200` that opens a tunnel.
 pub const FRESH_TOKEN: &str = "portcullis-session";
 /// How long the target may take to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,36 +170,51 @@ fn authority(req: &Request<Incoming>) -> Result<Target, ProxyError> {
     })
 }
 
-/// The session: `portcullis tcp`'s token, else (a browser's CONNECT) the session cookie;
-/// refreshed first when its ID token has expired, and then also sealed anew for the client
-/// to keep.
+/// The session: `portcullis tcp`'s token, or the one-time code of its sign-in with the PKCE
+/// verifier, else (a browser's CONNECT) the session cookie; refreshed first when its ID token
+/// has expired. The client gets a token to keep when it came with a code or its session was
+/// refreshed.
 async fn session(
     rt: &Runtime,
     shared: &Shared,
     host: &str,
     headers: &http::HeaderMap,
 ) -> (Option<Arc<Session>>, Option<HeaderValue>) {
-    let token = headers
+    let auth = headers
         .get(header::PROXY_AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(SCHEME));
-    let s = match token {
-        Some(t) => rt.auth.open_cli(&*shared.store, host, t.trim()),
-        None => rt.auth.open(&*shared.store, host, headers),
+        .and_then(|v| v.to_str().ok());
+    let token = auth.and_then(|v| v.strip_prefix(SCHEME));
+    let code = auth
+        .and_then(|v| v.strip_prefix(CODE_SCHEME))
+        .and_then(|v| v.trim().split_once(' '));
+    let (s, keep) = match (token, code) {
+        (Some(t), _) => (rt.auth.open_cli(&*shared.store, host, t.trim()), false),
+        (None, Some((code, verifier))) => (
+            rt.auth
+                .open_cli_code(&*shared.store, host, code, verifier.trim()),
+            true,
+        ),
+        (None, None) => (rt.auth.open(&*shared.store, host, headers), false),
     };
     let Some(s) = s else { return (None, None) };
+    let sealed = |s: &Session| {
+        rt.auth
+            .seal_cli(host, s)
+            .and_then(|t| HeaderValue::try_from(t).ok())
+    };
     if s.id_token_exp > now() || s.refresh_token.is_none() {
-        return (Some(s), None);
+        let fresh = if keep { sealed(&s) } else { None };
+        return (Some(s), fresh);
     }
     let Some(oidc) = rt.auth.oidc.as_ref() else {
         return (None, None);
     };
     match Box::pin(shared.refreshes.refresh(oidc, &s)).await {
         Some(fresh) => {
-            let sealed = token
-                .and_then(|_| rt.auth.seal_cli(host, &fresh.session))
-                .and_then(|t| HeaderValue::try_from(t).ok());
-            (Some(Arc::new(fresh.session)), sealed)
+            let kept = (token.is_some() || keep)
+                .then(|| sealed(&fresh.session))
+                .flatten();
+            (Some(Arc::new(fresh.session)), kept)
         }
         None => (None, None),
     }

@@ -391,69 +391,177 @@ async fn a_reload_that_refuses_the_user_closes_the_tunnel_and_one_that_keeps_the
     );
 }
 
+/// The CLI sign-in page's confirmation, posted as the browser would from `site`; `host` is
+/// the page's host.
+async fn post_cli(p: &Proxy, host: &str, page: &str, cookie: &str, site: &str) -> Reply {
+    let req = http::Request::post(page)
+        .header("host", host)
+        .header("cookie", cookie)
+        .header("sec-fetch-site", site)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    send(p.addr(), req).await
+}
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
 #[tokio::test]
-async fn the_cli_sign_in_page_hands_the_session_over_only_when_the_user_confirms_here() {
+async fn the_cli_sign_in_hands_a_code_over_only_when_the_user_confirms_here_and_only_its_verifier_redeems_it(
+) {
     let t = Target::start().await;
     let p = proxy(&t).await;
     let s = session(now() + 600, alice());
     let cookie = cookie_of(None, "ssh.test", &s);
     let state = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let page = format!("/.portcullis/cli?port=40123&state={state}");
-    // The confirmation page, with a form that posts back here.
+    let challenge = portcullis::auth::session::pkce_challenge(VERIFIER);
+    let page = format!("/.portcullis/cli?port=40123&state={state}&challenge={challenge}");
+    // The confirmation page, with a form that posts back here and a CSP that lets its answer
+    // go on to the loopback port and nowhere else.
     let r = get(p.addr(), "ssh.test", &page, &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 200);
     let html = r.text();
     assert!(
-        html.contains("alice@example.com") && html.contains("method=\"post\""),
+        html.contains("alice@example.com")
+            && html.contains("method=\"post\"")
+            && html.contains("port 40123"),
         "{html}"
     );
-    assert!(!html.contains("token="), "{html}");
-    let post = |site: &'static str| {
-        let req = http::Request::post(&page)
-            .header("host", "ssh.test")
-            .header("cookie", &cookie)
-            .header("sec-fetch-site", site)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        send(p.addr(), req)
-    };
-    // Posted from another site: the confirmation again, no session.
-    let r = post("cross-site").await;
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("form-action 'self' http://127.0.0.1:40123;"),
+        "{csp}"
+    );
+    // Posted from another site: the confirmation again, no code.
+    let r = post_cli(&p, "ssh.test", &page, &cookie, "cross-site").await;
     assert_eq!(r.status, 200);
-    assert!(!r.text().contains("token="), "{}", r.text());
-    // Posted from this page: on to the loopback listener with the state and the session.
-    let r = post("same-origin").await;
-    assert_eq!(r.status, 200);
-    let html = r.text();
-    let start = html.find("url=").expect("a page that moves on") + 4;
-    let to = html[start..]
-        .split('"')
-        .next()
-        .unwrap()
-        .replace("&amp;", "&");
-    let to = url::Url::parse(&to).unwrap();
-    assert_eq!(to.host_str(), Some("127.0.0.1"));
-    assert_eq!(to.port(), Some(40123));
+    assert!(
+        !r.headers.contains_key("location") && !r.text().contains("code="),
+        "{}",
+        r.text()
+    );
+    // Posted from this page: a redirect (no page a script could read) to the loopback listener
+    // with the state and a code.
+    let r = post_cli(&p, "ssh.test", &page, &cookie, "same-origin").await;
+    assert_eq!(r.status, 303);
+    assert!(
+        !r.text().contains("code"),
+        "the code is only in the Location"
+    );
+    let to = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+    assert_eq!((to.host_str(), to.port()), (Some("127.0.0.1"), Some(40123)));
     let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
     assert_eq!(q["state"], state);
+    let code = &q["code"];
+    // The code alone, as a token, or with another verifier: nothing.
+    for auth in [
+        format!("Portcullis {code}"),
+        format!("Portcullis-Code {code}"),
+        format!("Portcullis-Code {code} {}", VERIFIER.replace('d', "e")),
+        format!("Portcullis-Code {code} {challenge}"),
+    ] {
+        let (head, _) = connect(&p, "ssh.test:22", &[("proxy-authorization", &auth)]).await;
+        assert_eq!(status(&head), 407, "{auth}: {head}");
+    }
+    // With its verifier: a tunnel, and a token to keep, which opens the next one.
     let (head, mut tcp) = connect(
         &p,
         "ssh.test:22",
-        &[("proxy-authorization", &format!("Portcullis {}", q["token"]))],
+        &[(
+            "proxy-authorization",
+            &format!("Portcullis-Code {code} {VERIFIER}"),
+        )],
     )
     .await;
     assert_eq!(status(&head), 200, "{head}");
     assert!(echoes(&mut tcp).await);
-    // Without port and state, or with a privileged port or a bad state: refused.
+    let kept = head
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis-session: "))
+        .expect("a session to keep")
+        .to_string();
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &format!("Portcullis {kept}"))],
+    )
+    .await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
+    // Without port, state or challenge, or with a privileged port or a bad state: refused.
     for bad in [
         "/.portcullis/cli".to_string(),
-        format!("/.portcullis/cli?port=22&state={state}"),
-        "/.portcullis/cli?port=40123&state=short".to_string(),
-        format!("/.portcullis/cli?port=40123&state={state}%22%3E"),
+        format!("/.portcullis/cli?port=40123&state={state}"),
+        format!("/.portcullis/cli?port=22&state={state}&challenge={challenge}"),
+        format!("/.portcullis/cli?port=40123&state=short&challenge={challenge}"),
+        format!("/.portcullis/cli?port=40123&state={state}%22%3E&challenge={challenge}"),
+        format!("/.portcullis/cli?port=40123&state={state}&challenge={challenge}x"),
     ] {
         let r = get(p.addr(), "ssh.test", &bad, &[("cookie", &cookie)]).await;
         assert_eq!(r.status, 400, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn with_a_cookie_domain_a_cli_session_opens_only_for_the_host_that_issued_it() {
+    let t = Target::start().await;
+    let p = Proxy::start(&format!(
+        "address: 127.0.0.1:0\ninsecure_server: true\ncookie_secret: {SECRET}\ncookie_domain: corp.test\n\
+         routes:\n  - from: tcp+https://ssh.corp.test:22\n    to: tcp://127.0.0.1:{}\n    allowed_domains: [example.com]\n\
+         \x20 - from: http://app.corp.test\n    to: http://127.0.0.1:9\n    allow_any_authenticated_user: true\n",
+        t.port
+    ))
+    .await;
+    let s = session(now() + 600, alice());
+    // The browser's session opens on every host under the domain, the CLI's only on its own.
+    let cookie = cookie_of(Some("corp.test"), "corp.test", &s);
+    let challenge = portcullis::auth::session::pkce_challenge(VERIFIER);
+    let page = format!(
+        "/.portcullis/cli?port=40123&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&challenge={challenge}"
+    );
+    let code_from = |r: Reply| {
+        let to = url::Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+        to.query_pairs()
+            .find(|(k, _)| k == "code")
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    // A code got on the application's host (say, by a script there) opens no TCP route.
+    let r = post_cli(&p, "app.corp.test", &page, &cookie, "same-origin").await;
+    assert_eq!(r.status, 303);
+    let elsewhere = code_from(r);
+    let (head, _) = connect(
+        &p,
+        "ssh.corp.test:22",
+        &[(
+            "proxy-authorization",
+            &format!("Portcullis-Code {elsewhere} {VERIFIER}"),
+        )],
+    )
+    .await;
+    assert_eq!(status(&head), 407, "{head}");
+    let (head, _) = connect(
+        &p,
+        "ssh.corp.test:22",
+        &[("proxy-authorization", &token("corp.test", &s))],
+    )
+    .await;
+    assert_eq!(status(&head), 407, "a token sealed for the domain: {head}");
+    assert_eq!(t.seen().0, 0);
+    // Got on the TCP route's own host, it does.
+    let r = post_cli(&p, "ssh.corp.test", &page, &cookie, "same-origin").await;
+    let here = code_from(r);
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.corp.test:22",
+        &[(
+            "proxy-authorization",
+            &format!("Portcullis-Code {here} {VERIFIER}"),
+        )],
+    )
+    .await;
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
 }
 
 #[test]
