@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::error::{page, ProxyError};
 use super::headers::{self, Forwarding};
 use super::state::{ConnInfo, Shared};
-use super::{decide, portal, tunnel};
+use super::{decide, portal, shadow, tunnel};
 use super::{websocket, Body};
 use crate::auth::session::Session;
 use crate::auth::SetCookies;
@@ -201,7 +201,7 @@ async fn inner<'r>(
         .map(|p| policy::evaluate(p, identity.as_deref(), &facts));
     let verdict = policy::authorize(&route.policy, identity, &facts);
     if let Some(shadow) = shadow {
-        shadow_compare(shared, route, &verdict, &shadow, &facts, cx.user.as_deref());
+        shadow::compare(shared, route, &verdict, &shadow, &facts, cx.user.as_deref());
     }
     let next = decide::decide(verdict, asked);
     cx.decision = next.label();
@@ -335,54 +335,6 @@ async fn inner<'r>(
         _ => rbody.map_err(Into::into).boxed(),
     };
     Ok(Response::from_parts(rparts, body))
-}
-
-/// Counts (and logs, once per user and route per minute) a request the route's shadow policy
-/// decides otherwise than its policy. Never changes what the request gets.
-fn shadow_compare(
-    shared: &Shared,
-    route: &Route,
-    enforced: &Result<policy::eval::Permitted, policy::Refusal>,
-    shadow: &policy::Decision<'_>,
-    facts: &Facts<'_>,
-    user: Option<&Identity>,
-) {
-    let (word, rule) = match enforced {
-        Ok(p) => ("allow", p.rule.as_ref()),
-        Err(policy::Refusal::Unauthenticated) => ("unauthenticated", None),
-        Err(policy::Refusal::Denied { rule, .. } | policy::Refusal::Unassigned { rule, .. }) => {
-            ("deny", rule.as_ref())
-        }
-    };
-    let shadow_word = match shadow.outcome {
-        policy::Outcome::Allow => "allow",
-        policy::Outcome::Deny => "deny",
-        policy::Outcome::Unauthenticated => "unauthenticated",
-    };
-    if word == shadow_word {
-        return;
-    }
-    shared
-        .metrics
-        .shadow_disagreement(&route.name, word, shadow_word);
-    let who = user.map_or("-", |i| i.email.as_deref().unwrap_or(&i.sub));
-    if shared.shadow_log.due(route.index, who, now()) {
-        let at = |r: Option<&policy::RuleOrigin>| {
-            r.map_or("no rule".to_string(), |r| {
-                format!("{} at line {}:{}", r.key, r.pos.line, r.pos.col)
-            })
-        };
-        tracing::info!(
-            route = %route.name,
-            user = who,
-            path = facts.path,
-            enforced = word,
-            enforced_rule = at(rule),
-            shadow = shadow_word,
-            shadow_rule = at(shadow.rule),
-            "shadow policy disagrees"
-        );
-    }
 }
 
 /// The request's session, refreshed first when its ID token has expired (the new cookie is

@@ -6,6 +6,7 @@ pub mod handle;
 pub mod headers;
 pub mod portal;
 pub mod relay;
+pub mod shadow;
 pub mod sockets;
 pub mod state;
 pub mod tunnel;

@@ -66,7 +66,9 @@ pub async fn connect<'r>(
         .ok_or(ProxyError::NotFound)?;
     log.route = Some(route);
 
-    let (session, fresh) = if route.policy.uses_identity {
+    let uses_identity =
+        route.policy.uses_identity || route.shadow.as_ref().is_some_and(|s| s.uses_identity);
+    let (session, fresh) = if uses_identity {
         session(rt, shared, &target.host, req.headers()).await
     } else {
         (None, None)
@@ -78,7 +80,21 @@ pub async fn connect<'r>(
         path: "/",
         ip: Some(conn.peer.ip()),
     };
+    let shadow = route
+        .shadow
+        .as_ref()
+        .map(|p| policy::evaluate(p, identity.as_deref(), &facts));
     let verdict = policy::authorize(&route.policy, identity, &facts);
+    if let Some(shadow) = shadow {
+        super::shadow::compare(
+            shared,
+            route,
+            &verdict,
+            &shadow,
+            &facts,
+            log.user.as_deref(),
+        );
+    }
     // A tunnel is never a navigation: no redirect to the IdP, but a 407 that the client
     // answers by signing in.
     let asked = decide::Asked {
@@ -248,17 +264,26 @@ async fn relay(
     route: String,
     mut ends: websocket::Ends,
 ) {
+    let opened = std::time::Instant::now();
+    let user = ends.session.as_ref().map(|s| {
+        s.identity
+            .email
+            .clone()
+            .unwrap_or_else(|| s.identity.sub.clone())
+    });
+    let user = user.as_deref().unwrap_or("-");
     let why = tokio::select! {
         r = super::relay::relay(&mut client, &mut upstream) => {
+            let seconds = opened.elapsed().as_secs();
             match r {
-                Ok((up, down)) => tracing::debug!(%route, up, down, "tunnel closed"),
-                Err(e) => tracing::debug!(%route, error = %e, "tunnel ended"),
+                Ok((up, down)) => tracing::info!(%route, user, seconds, up, down, "tunnel closed"),
+                Err(e) => tracing::info!(%route, user, seconds, error = %e, "tunnel ended"),
             }
             return;
         }
         why = websocket::ended(&mut ends) => why,
     };
-    tracing::info!(%route, reason = why, "closing tunnel: access ended");
+    tracing::info!(%route, user, seconds = opened.elapsed().as_secs(), reason = why, "closing tunnel: access ended");
     drop(upstream);
     drop(client);
 }

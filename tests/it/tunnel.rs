@@ -610,8 +610,46 @@ fn tcp_routes_take_only_what_a_tunnel_uses() {
             "`allow_websockets` is for HTTP routes",
         ),
         ("from: https://app.test\n    to: tcp://g:22", "http"),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g:22\n    timeout: 5s",
+            "`timeout` is for HTTP routes",
+        ),
+        (
+            "from: tcp+https://ssh.test:0\n    to: tcp://g:22",
+            "names the port",
+        ),
+        (
+            "from: tcp+https://ssh.test:22\n    to: tcp://g:0",
+            "needs a host and a port",
+        ),
     ] {
         let e = load(route).expect_err(route);
         assert!(e.contains(says) && e.contains("c.yaml:"), "{route}: {e}");
     }
+}
+
+#[tokio::test]
+async fn a_shadow_policy_is_decided_for_tunnels_too_and_never_enforced() {
+    let t = Target::start().await;
+    let p = Proxy::start(&config(
+        &t,
+        "allowed_domains: [example.com]\n    shadow_policy:\n      - allow:\n          or:\n            - groups: { has: admins }",
+    ))
+    .await;
+    let s = session(now() + 600, alice());
+    let (head, mut tcp) = connect(
+        &p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", &s))],
+    )
+    .await;
+    assert_eq!(
+        status(&head),
+        200,
+        "the shadow's refusal is not enforced: {head}"
+    );
+    assert!(echoes(&mut tcp).await);
+    let m = p.handle.shared.metrics.render();
+    let line = "portcullis_shadow_policy_disagreements_total{route=\"tcp+https://ssh.test:22\",enforced=\"allow\",shadow=\"deny\"}";
+    assert_eq!(metric(&m, line), Some(1.0), "{m}");
 }

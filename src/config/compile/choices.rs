@@ -235,7 +235,10 @@ fn tcp_upstream(cx: &mut Ctx<'_>, s: &str, at: Pos) -> Option<Upstream> {
             return None;
         }
     };
-    let (Some(host), Some(_)) = (u.host_str().filter(|h| !h.is_empty()), u.port()) else {
+    let (Some(host), Some(_)) = (
+        u.host_str().filter(|h| !h.is_empty()),
+        u.port().filter(|&p| p != 0),
+    ) else {
         cx.errs.at(
             at,
             format!("to: `{s}`: needs a host and a port, as in tcp://openclaw-gateway:22"),

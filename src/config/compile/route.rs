@@ -262,7 +262,7 @@ fn from_url(cx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<FromMatch> {
             return None;
         }
     };
-    if tcp && u.port().is_none() {
+    if tcp && matches!(u.port(), None | Some(0)) {
         cx.errs.at(
             pos(v),
             "from: a TCP route names the port it reaches, as in tcp+https://ssh.example.com:22",
@@ -323,6 +323,7 @@ fn tcp_keys(cx: &mut Ctx<'_>, r: &RawRoute, rpos: Pos) {
         ("tls_server_name", r.tls_server_name.is_some()),
         ("tls_skip_verify", r.tls_skip_verify.is_some()),
         ("idle_timeout", r.idle_timeout.is_some()),
+        ("timeout", r.timeout.is_some()),
     ];
     for (key, present) in set {
         if present {
