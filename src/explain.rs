@@ -24,6 +24,9 @@ pub struct Request {
     pub path: String,
     pub method: Method,
     pub ip: Option<IpAddr>,
+    /// A CONNECT to a TCP route (`tcp+https://host:port`): decided by the route that names
+    /// that host and port, with method `CONNECT` and path `/`.
+    pub tcp: bool,
     /// `None`: anonymous.
     pub identity: Option<Arc<Identity>>,
 }
@@ -48,18 +51,37 @@ impl Request {
         who: Option<Who>,
     ) -> Result<Request, String> {
         let u = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
-        if u.scheme() != "https" && u.scheme() != "http" {
-            return Err(format!("`{url}` is not an http(s) URL"));
+        let tcp = match u.scheme() {
+            "https" | "http" => false,
+            "tcp+https" | "tcp+http" => true,
+            _ => {
+                return Err(format!(
+                    "`{url}` is not an http(s) URL (or tcp+https://host:port for a TCP route)"
+                ))
+            }
+        };
+        if tcp && (u.port().is_none() || !(u.path().is_empty() || u.path() == "/")) {
+            return Err(format!(
+                "`{url}`: a TCP route is asked for as tcp+https://host:port, without a path"
+            ));
         }
         let host = u
             .host_str()
             .ok_or_else(|| format!("`{url}` has no host"))?
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let path = normalize_path(u.path())
-            .map_err(|e| format!("`{url}`: {e} (Portcullis answers 400)"))?;
-        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let path = if tcp {
+            "/".to_string()
+        } else {
+            normalize_path(u.path())
+                .map_err(|e| format!("`{url}`: {e} (Portcullis answers 400)"))?
+        };
+        let method = if tcp {
+            Method::CONNECT
+        } else {
+            Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("`{method}` is not an HTTP method"))?
+        };
         let identity = match who {
             None => None,
             Some(w) => {
@@ -93,6 +115,7 @@ impl Request {
             path,
             method,
             ip,
+            tcp,
             identity,
         })
     }
@@ -203,7 +226,12 @@ impl Verdict {
 
 /// Decides `r` under `routes` as the proxy would.
 pub fn decide(routes: &RouteTable, r: &Request) -> Verdict {
-    let Some(route) = routes.find(&r.host, r.port, &r.path) else {
+    let route = match (r.tcp, r.port) {
+        (true, Some(port)) => routes.find_tcp(&r.host, port),
+        (true, None) => None,
+        (false, _) => routes.find(&r.host, r.port, &r.path),
+    };
+    let Some(route) = route else {
         return Verdict {
             answer: Answer::Deny,
             route: None,
@@ -407,11 +435,9 @@ pub fn probes(routes: &RouteTable) -> Vec<Request> {
         }
     }
     for r in routes.iter() {
-        let scheme = if r.from.https { "https" } else { "http" };
-        let origin = match r.from.port {
-            Some(p) => format!("{scheme}://{}:{p}", r.from.host),
-            None => format!("{scheme}://{}", r.from.host),
-        };
+        // A TCP route's origin is `tcp+https://host:port`: its probes are CONNECTs (`Request`
+        // makes every one of them a CONNECT to `/`).
+        let origin = r.from.origin_string();
         if !hosts.contains(&origin) {
             hosts.push(origin);
         }
@@ -463,7 +489,15 @@ pub fn probes(routes: &RouteTable) -> Vec<Request> {
     paths.dedup();
     let mut out = Vec::new();
     for h in &hosts {
+        let tcp = h.starts_with("tcp+");
         for w in &who {
+            if tcp {
+                out.extend(Request::new(h, "CONNECT", None, w.clone()));
+                for ip in ips.iter().skip(1) {
+                    out.extend(Request::new(h, "CONNECT", *ip, w.clone()));
+                }
+                continue;
+            }
             for p in &paths {
                 out.extend(Request::new(&format!("{h}{p}"), "GET", None, w.clone()));
             }

@@ -783,3 +783,119 @@ fn explain_names_the_upstream_and_the_grant_and_diff_shows_a_changed_grant() {
         assert!(text.contains(what), "{what}: {text}");
     }
 }
+
+const TCP: &str = r#"insecure_server: true
+routes:
+  - from: tcp+https://ssh.example.com:22
+    to: tcp://gateway:2222
+    allowed_groups: [admins]
+  - from: https://ssh.example.com
+    to: http://gateway:18789
+    allow_any_authenticated_user: true
+tests:
+  - name: only admins reach ssh
+    url: tcp+https://ssh.example.com:22
+    email: bob@example.com
+    expect: deny
+"#;
+
+/// TCP routes are decided, tested and compared like the others: `explain --url
+/// tcp+https://host:port`, `tests:` with such URLs, and `explain --diff` probing them.
+#[test]
+fn explain_tests_and_diff_decide_tcp_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), TCP);
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "tcp+https://ssh.example.com:22",
+            "--email",
+            "a@example.com",
+            "--groups",
+            "admins",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("allow") && out.contains("tcp+https://ssh.example.com:22"),
+        "{out}"
+    );
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "tcp+https://ssh.example.com:22",
+            "--email",
+            "bob@example.com",
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    // The HTTP route on the same host does not decide for the TCP one, nor the other way.
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "https://ssh.example.com:22/",
+            "--email",
+            "bob@example.com",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = explain(
+        &cfg,
+        &[
+            "--url",
+            "tcp+https://ssh.example.com:2222",
+            "--email",
+            "a@example.com",
+            "--groups",
+            "admins",
+        ],
+    );
+    assert!(code == Some(2) && out.contains("no route"), "{out}");
+    // A path on a TCP URL is refused (exit 1).
+    let (code, _) = explain(&cfg, &["--url", "tcp+https://ssh.example.com:22/x"]);
+    assert_eq!(code, Some(1));
+
+    // The TCP route made public: its own test fails check, and --diff lists the change.
+    let open = dir.path().join("open.yaml");
+    std::fs::write(
+        &open,
+        TCP.replace(
+            "allowed_groups: [admins]",
+            "allow_public_unauthenticated_access: true",
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&open)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("only admins reach ssh") && text.contains("expected deny, got allow"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["explain", "--diff"])
+        .arg(&cfg)
+        .arg(&open)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("CONNECT tcp+https://ssh.example.com:22 as anonymous")
+                && l.contains("→ allow")
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l.contains("tcp+https://")),
+        "only the TCP route changed: {text}"
+    );
+}
