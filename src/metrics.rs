@@ -192,7 +192,7 @@ impl Metrics {
         let websockets = gauge(
             &mut registry,
             "portcullis_websockets_open",
-            "Open proxied WebSockets",
+            "Open proxied WebSockets and TCP tunnels",
         );
         let reloads = counter(
             &mut registry,

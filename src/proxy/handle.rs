@@ -106,7 +106,7 @@ fn wants_json(h: &http::HeaderMap) -> bool {
 async fn inner<'r>(
     rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     cx: &mut Ctx<'r>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -323,8 +323,10 @@ async fn inner<'r>(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let guard = shared.metrics.websocket_guard();
         let name = route.name.clone();
+        // The socket keeps its connection counted under the connection caps.
+        let held = conn.clone();
         tokio::spawn(async move {
-            let _open = guard;
+            let _open = (guard, held);
             websocket::splice(client_upgrade, upstream_upgrade, name, ends).await;
         });
     }

@@ -11,7 +11,7 @@ use crate::auth::Refreshes;
 use crate::runtime::Runtime;
 
 /// What the listener knows about the connection a request came on.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The TLS SNI name, lower-case; `None` on plain HTTP or when the client sent none.
@@ -19,6 +19,19 @@ pub struct ConnInfo {
     pub https: bool,
     /// The peer's address as an `X-Forwarded-For` value, made once for all its requests.
     pub forwarded_for: HeaderValue,
+    /// The connection's place under the connection caps (the listener's), released when the
+    /// last clone of this `ConnInfo` goes: an upgraded WebSocket or TCP tunnel keeps one.
+    hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("peer", &self.peer)
+            .field("sni", &self.sni)
+            .field("https", &self.https)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnInfo {
@@ -30,7 +43,14 @@ impl ConnInfo {
             sni,
             https,
             forwarded_for,
+            hold: None,
         }
+    }
+
+    /// This connection, holding `guard` for as long as anything serving it lives.
+    pub fn holding(mut self, guard: impl std::any::Any + Send + Sync) -> ConnInfo {
+        self.hold = Some(Arc::new(guard));
+        self
     }
 }
 

@@ -45,7 +45,7 @@ pub struct Logged<'r> {
 pub async fn connect<'r>(
     rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     log: &mut Logged<'r>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -143,8 +143,10 @@ pub async fn connect<'r>(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let name = route.name.clone();
     let guard = shared.metrics.websocket_guard();
+    // The tunnel keeps its connection counted under the connection caps.
+    let held = conn.clone();
     tokio::spawn(async move {
-        let _open = guard;
+        let _open = (guard, held);
         match on_upgrade.await {
             Ok(client) => relay(TokioIo::new(client), upstream, name, ends).await,
             Err(e) => tracing::debug!(route = %name, error = %e, "tunnel did not open"),

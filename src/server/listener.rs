@@ -253,8 +253,7 @@ impl Accept {
             let limits = self.limits;
             if !deal {
                 tokio::spawn(async move {
-                    let _live = live;
-                    connection(tcp, peer, acceptor, shared, limits, shutdown).await;
+                    connection(tcp, peer, live, acceptor, shared, limits, shutdown).await;
                 });
                 continue;
             }
@@ -268,9 +267,10 @@ impl Accept {
                 }
             };
             Workers::global().spawn(async move {
-                let _live = live;
                 match TcpStream::from_std(tcp) {
-                    Ok(tcp) => connection(tcp, peer, acceptor, shared, limits, shutdown).await,
+                    Ok(tcp) => {
+                        connection(tcp, peer, live, acceptor, shared, limits, shutdown).await
+                    }
                     Err(e) => tracing::debug!(%peer, error = %e, "cannot register the connection"),
                 }
             });
@@ -354,9 +354,13 @@ pub async fn serve(
     }
 }
 
+/// Serves one connection. `live` counts it under the connection caps until the last thing
+/// serving it ends: it rides in the `ConnInfo`, which an upgraded WebSocket or TCP tunnel keeps
+/// after the HTTP connection has handed its bytes over.
 async fn connection(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
+    live: Live,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -365,7 +369,7 @@ async fn connection(
     let activity = Arc::new(AtomicU64::new(0));
     match acceptor {
         None => {
-            let info = ConnInfo::new(peer, None, false);
+            let info = ConnInfo::new(peer, None, false).holding(live);
             let io = IdleIo {
                 inner: tcp,
                 moves: activity.clone(),
@@ -395,7 +399,7 @@ async fn connection(
                 .1
                 .server_name()
                 .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-            let info = ConnInfo::new(peer, sni, true);
+            let info = ConnInfo::new(peer, sni, true).holding(live);
             let io = IdleIo {
                 inner: tls,
                 moves: activity.clone(),

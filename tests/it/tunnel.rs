@@ -653,3 +653,34 @@ async fn a_shadow_policy_is_decided_for_tunnels_too_and_never_enforced() {
     let line = "portcullis_shadow_policy_disagreements_total{route=\"tcp+https://ssh.test:22\",enforced=\"allow\",shadow=\"deny\"}";
     assert_eq!(metric(&m, line), Some(1.0), "{m}");
 }
+
+#[tokio::test]
+async fn open_tunnels_stay_counted_under_the_connection_caps() {
+    let t = Target::start().await;
+    let p = Proxy::start(&format!(
+        "max_connections_per_ip: 2\n{}",
+        config(&t, "allowed_domains: [example.com]")
+    ))
+    .await;
+    let tok = token("ssh.test", &session(now() + 600, alice()));
+    let (h1, mut a) = connect(&p, "ssh.test:22", &[("proxy-authorization", &tok)]).await;
+    let (h2, mut b) = connect(&p, "ssh.test:22", &[("proxy-authorization", &tok)]).await;
+    assert_eq!((status(&h1), status(&h2)), (200, 200));
+    assert!(echoes(&mut a).await && echoes(&mut b).await);
+    // A third connection from this address is over the cap while both tunnels are open.
+    let (h3, _) = connect(&p, "ssh.test:22", &[("proxy-authorization", &tok)]).await;
+    assert_eq!(status(&h3), 0, "a third connection was served: {h3}");
+    // One tunnel closed: its place is free again.
+    drop(a);
+    let mut served = false;
+    for _ in 0..50 {
+        let (h, mut c) = connect(&p, "ssh.test:22", &[("proxy-authorization", &tok)]).await;
+        if status(&h) == 200 {
+            served = echoes(&mut c).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the closed tunnel's place was not given back");
+    assert!(!closed(&mut b, Duration::from_millis(100)).await);
+}
