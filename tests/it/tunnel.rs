@@ -551,16 +551,18 @@ async fn with_a_cookie_domain_a_cli_session_opens_only_for_the_host_that_issued_
     // Got on the TCP route's own host, it does.
     let r = post_cli(&p, "ssh.corp.test", &page, &cookie, "same-origin").await;
     let here = code_from(r);
-    let (head, mut tcp) = connect(
-        &p,
-        "ssh.corp.test:22",
-        &[(
-            "proxy-authorization",
-            &format!("Portcullis-Code {here} {VERIFIER}"),
-        )],
-    )
-    .await;
+    let auth = format!("Portcullis-Code {here} {VERIFIER}");
+    let (head, mut tcp) = connect(&p, "ssh.corp.test:22", &[("proxy-authorization", &auth)]).await;
     assert_eq!(status(&head), 200, "{head}");
+    assert!(echoes(&mut tcp).await);
+    // The session it gives to keep opens this host's route: sealed for this host alone.
+    let kept = head
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis-session: "))
+        .expect("a session to keep");
+    let auth = format!("Portcullis {kept}");
+    let (head, mut tcp) = connect(&p, "ssh.corp.test:22", &[("proxy-authorization", &auth)]).await;
+    assert_eq!(status(&head), 200, "the kept session: {head}");
     assert!(echoes(&mut tcp).await);
 }
 
