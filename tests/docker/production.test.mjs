@@ -56,12 +56,12 @@ function configFromExample() {
   edit('# certificates:\n#   - cert: /config/tls/fullchain.pem\n#     key: /config/tls/privkey.pem',
     'certificates:\n  - cert: /config/tls/fullchain.pem\n    key: /config/tls/privkey.pem');
   edit('idp_provider_url: https://accounts.example.com', `idp_provider_url: ${IDP}`);
-  // PUBLIC_HOST everywhere: the route's `from` and the URLs of the policy's `tests:`.
-  assert.match(yaml, /from: https:\/\/openclaw\.example\.com\s/, 'config.example.yaml no longer routes https://openclaw.example.com');
-  yaml = yaml.replaceAll('https://openclaw.example.com', ORIGIN);
   // README "Administer OpenClaw from anywhere": the SSH route, uncommented.
   edit('  # - from: tcp+https://openclaw.example.com:22   # <- change: PUBLIC_HOST in .env\n  #   to: tcp://openclaw-gateway:2222\n  #   allowed_groups: [openclaw-admins]',
     `  - from: tcp+https://${HOST}:22\n    to: tcp://openclaw-gateway:2222\n    allowed_groups: [openclaw-admins]`);
+  // PUBLIC_HOST everywhere: the route's `from` and the URLs of the policy's `tests:`.
+  assert.match(yaml, /from: https:\/\/openclaw\.example\.com\s/, 'config.example.yaml no longer routes https://openclaw.example.com');
+  yaml = yaml.replaceAll('https://openclaw.example.com', ORIGIN);
   return yaml;
 }
 
