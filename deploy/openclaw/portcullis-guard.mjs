@@ -236,6 +236,10 @@ function startSshd() {
     .filter((n) => process.env[n]).map((n) => `${n}=${process.env[n]}`).join(' ');
   const args = ['-D', '-e', '-p', '2222', '-h', hostKey, '-o', `AuthorizedKeysFile=${keys}`,
     '-o', 'PasswordAuthentication=no', '-o', 'KbdInteractiveAuthentication=no', '-o', 'UsePAM=no',
+    // The keys file is on a read-only mount that nothing in the container can change; sshd's
+    // ownership checks would refuse it for a host checkout made with umask 002 (group-writable
+    // directories), which is common.
+    '-o', 'StrictModes=no',
     '-o', `PidFile=${path.join(dir, 'sshd.pid')}`, '-o', 'PermitUserEnvironment=no', '-o', `SetEnv=${env}`];
   const child = spawn(sshd, args, { stdio: 'inherit' });
   child.on('error', (e) => log(`sshd: ${e.message}`));

@@ -238,7 +238,7 @@ test('README "Administer OpenClaw from anywhere": ssh through `portcullis tcp` i
     assert.match(url, new RegExp(`^https://${HOST}/\\.portcullis/cli\\?port=\\d+&state=`));
     await confirm(url, USERS.olga);
     const r = await olga.done;
-    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.code, 0, `${r.stderr}\n${(await gatewayLogs()).slice(-3000)}`);
     assert.equal(r.stdout, 'node\ntrusted-proxy\n', 'a shell as node where openclaw reads the gateway config');
   } finally {
     olga.kill();
