@@ -147,6 +147,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// Line of the route in the config file.
     pub line: u32,
+    /// Its column (with `line`, where errors about the route as a whole point).
+    pub col: u32,
     /// Position in the route table.
     pub index: usize,
 }

@@ -62,15 +62,32 @@ function referencedVariables() {
 }
 
 function protectedName(name, referenced) {
-  return GATEWAY_ENV.test(name) || referenced.has(name.toUpperCase());
+  const n = name.trim();
+  return GATEWAY_ENV.test(n) || referenced.has(n.toUpperCase());
 }
 
 /** `NAME=` lines of the state directory's .env that set a protected variable. */
-function dotenvLines(referenced) {
-  let text;
-  try { text = fs.readFileSync(DOTENV, 'utf8'); } catch { return []; }
-  return text.split('\n').flatMap((line, i) => {
-    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=/.exec(line);
+/**
+ * The state directory's .env: '' when there is none; `{ error }` when something is there that
+ * is not a readable regular file (OpenClaw skips such a file, and a guard that could not read
+ * it would check nothing).
+ */
+function readDotenv() {
+  let st;
+  try { st = fs.lstatSync(DOTENV); } catch (e) {
+    return e.code === 'ENOENT' ? '' : { error: `${DOTENV} cannot be examined (${e.code})` };
+  }
+  if (!st.isFile()) return { error: `${DOTENV} is not a regular file` };
+  try { return fs.readFileSync(DOTENV, 'utf8'); } catch (e) {
+    return { error: `${DOTENV} cannot be read (${e.code})` };
+  }
+}
+
+/** `NAME=` (or `NAME:`, as dotenv also reads) lines of .env that set a protected variable. */
+function dotenvLines(referenced, text = readDotenv()) {
+  if (typeof text !== 'string') return [];
+  return text.split(/\r\n|\r|\n/).flatMap((line, i) => {
+    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*[=:]/.exec(line);
     return m && protectedName(m[1], referenced) ? [{ line: i + 1, name: m[1] }] : [];
   });
 }
@@ -81,8 +98,8 @@ function paths(v, prefix) {
   return Object.entries(v).flatMap(([k, x]) => paths(x, `${prefix}.${k}`));
 }
 
-/** What is wrong with `text` (the config's content), as log lines; [] when nothing. */
-function problems(text) {
+/** What is wrong with `text` (the config's content) and .env, as log lines; [] when nothing. */
+function problems(text, dotenv = readDotenv()) {
   const out = [];
   let referenced;
   try {
@@ -96,6 +113,9 @@ function problems(text) {
     return [`${CONFIG} is not valid JSON5 (${e.message.split('\n')[0]})`];
   }
   if (!isObject(config)) return [`${CONFIG} does not hold an object`];
+  if (Object.prototype.hasOwnProperty.call(config, '__proto__')) {
+    out.push(`${CONFIG} has a "__proto__" key: OpenClaw would read what is under it as the config's own keys`);
+  }
   if ('$include' in config) {
     out.push(`${CONFIG} has a top-level "$include" (${JSON.stringify(config.$include)}): the gateway keys of an included file would be merged into the gateway section (arrays such as trustedProxies concatenated)`);
   }
@@ -107,12 +127,16 @@ function problems(text) {
     out.push(`${CONFIG} must have "gateway": {"$include": "${GATEWAY}"} and nothing else there; it has ${found}`);
   }
   const env = isObject(config.env) ? config.env : {};
+  if ('$include' in env || (isObject(env.vars) && '$include' in env.vars)) {
+    out.push(`${CONFIG} includes a file into "env": the gateway's variables are checked only where they are written out`);
+  }
   for (const [where, vars] of [['env.vars', isObject(env.vars) ? env.vars : {}], ['env', env]]) {
     for (const name of Object.keys(vars)) {
       if (protectedName(name, referenced)) out.push(`${CONFIG} sets ${where}.${name}: the gateway's auth, port and the gateway file's variables come from the container's environment only`);
     }
   }
-  for (const { line, name } of dotenvLines(referenced)) {
+  if (typeof dotenv !== 'string') out.push(`${dotenv.error}: remove it (OpenClaw would skip it; the guard cannot check it)`);
+  for (const { line, name } of dotenvLines(referenced, dotenv)) {
     out.push(`${DOTENV}:${line} sets ${name}: the gateway's auth, port and the gateway file's variables come from the container's environment only`);
   }
   return out;
@@ -164,8 +188,10 @@ function repair() {
     config.gateway = { $include: GATEWAY };
     changed.push(`set "gateway" to {"$include": "${GATEWAY}"}`);
   }
+  if (Object.prototype.hasOwnProperty.call(config, '__proto__')) { delete config.__proto__; changed.push('removed the "__proto__" key'); }
   if (isObject(config.env)) {
     for (const vars of [config.env.vars, config.env]) {
+      if (isObject(vars) && '$include' in vars) { delete vars.$include; changed.push('removed the "$include" in "env"'); }
       if (!isObject(vars)) continue;
       for (const name of Object.keys(vars)) {
         if (protectedName(name, referenced)) { delete vars[name]; changed.push(`removed env${vars === config.env ? '' : '.vars'}.${name}`); }
@@ -181,7 +207,7 @@ function repair() {
   const lines = dotenvLines(referenced);
   if (lines.length) {
     const drop = new Set(lines.map((l) => l.line));
-    const kept = fs.readFileSync(DOTENV, 'utf8').split('\n').filter((_, i) => !drop.has(i + 1));
+    const kept = fs.readFileSync(DOTENV, 'utf8').split(/\r\n|\r|\n/).filter((_, i) => !drop.has(i + 1));
     fs.copyFileSync(DOTENV, `${DOTENV}.before-repair.${stamp}`);
     writeAtomically(DOTENV, kept.join('\n'));
     log(`${DOTENV}: removed ${lines.map((l) => l.name).join(', ')} (the old file: .env.before-repair.${stamp})`);
@@ -260,12 +286,20 @@ async function supervise(argv) {
   let stopping = false;
   const check = () => {
     if (stopping) return;
-    let text;
-    try { text = readConfig() + '\0' + (fs.existsSync(DOTENV) ? fs.readFileSync(DOTENV, 'utf8') : ''); } catch { return; }
-    const digest = crypto.createHash('sha256').update(text).digest('hex');
-    if (digest === last) return;
-    last = digest;
-    const now = problems(text.slice(0, text.lastIndexOf('\0')));
+    let config;
+    let now;
+    const dotenv = readDotenv();
+    try { config = readConfig(); } catch (e) {
+      // OpenClaw replaces the file by a rename, never leaving it missing: unreadable is a fault.
+      now = [`${CONFIG} cannot be read (${e.code})`];
+    }
+    if (!now) {
+      const text = `${config}\0${typeof dotenv === 'string' ? dotenv : dotenv.error}`;
+      const digest = crypto.createHash('sha256').update(text).digest('hex');
+      if (digest === last) return;
+      last = digest;
+      now = problems(config, dotenv);
+    }
     // A file OpenClaw cannot parse is one it does not apply either; the next write is checked.
     if (now.length && !(now.length === 1 && now[0].includes('is not valid JSON5'))) {
       stopping = true;

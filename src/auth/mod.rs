@@ -171,7 +171,7 @@ impl Auth {
         live(s, store)
     }
 
-    /// The one-time code the CLI sign-in page sends to `portcullis tcp`'s loopback listener:
+    /// The code the CLI sign-in page sends to `portcullis tcp`'s loopback listener:
     /// the session, bound to the PKCE challenge the CLI made (RFC 7636, S256), for two
     /// minutes. Only the holder of the verifier turns it into a session.
     pub fn seal_cli_code(&self, host: &str, s: &Session, challenge: &str) -> Option<String> {

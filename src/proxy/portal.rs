@@ -199,9 +199,10 @@ fn from_this_origin(https: bool, target: &Target, req: &Request<Incoming>) -> bo
 /// `portcullis tcp`'s sign-in (RFC 8252's loopback redirect, RFC 7636's PKCE): signs the
 /// browser in if it is not, asks the user to confirm (a POST from this origin, so another site
 /// cannot hand a session to whatever listens on a loopback port), then redirects (303) to
-/// `http://127.0.0.1:PORT/?state=S&code=C`. The code is worth nothing without the verifier
-/// the CLI keeps; and being a redirect, not a page, it is out of reach of any script on this
-/// origin (an application's, behind another route on the host), which could read a page.
+/// `http://127.0.0.1:PORT/?state=S&code=C`. The code (valid two minutes) is worth nothing
+/// without the verifier the CLI keeps; and being a redirect answering the user's own form
+/// submission, not a page, it is out of reach of any script on this origin (an application's,
+/// behind another route on the host).
 fn cli(
     rt: &Runtime,
     shared: &Shared,
@@ -230,7 +231,7 @@ fn cli(
     };
     let who = s.identity.email.as_deref().unwrap_or(&s.identity.sub);
     let loopback = format!("http://127.0.0.1:{port}");
-    if req.method() != Method::POST || !from_this_origin(https, target, req) {
+    if req.method() != Method::POST || !from_this_origin(https, target, req) || !clicked(req) {
         let mut page = info_page(
             "Sign in portcullis tcp?",
             &format!(
@@ -265,6 +266,19 @@ fn cli(
     let mut r = redirect(to.as_str())?;
     *r.status_mut() = StatusCode::SEE_OTHER;
     Ok(r)
+}
+
+/// Is this the confirmation form, submitted by the user? A browser that sends fetch metadata
+/// says so for a form's submission (a navigation of the page, by a user's action); a script's
+/// `fetch` on this origin is `cors` or `same-origin` mode, and gets the confirmation page again.
+fn clicked(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    let Some(mode) = h.get("sec-fetch-mode") else {
+        return true;
+    };
+    mode == "navigate"
+        && h.get("sec-fetch-dest").is_none_or(|d| d == "document")
+        && h.get("sec-fetch-user").is_some_and(|u| u == "?1")
 }
 
 fn info_page(title: &str, text: &str, extra: &str) -> Response<Body> {

@@ -188,9 +188,8 @@ fn authority(req: &Request<Incoming>) -> Result<Target, ProxyError> {
     })
 }
 
-/// The session: `portcullis tcp`'s token, or the one-time code of its sign-in with the PKCE
-/// verifier, else (a browser's CONNECT) the session cookie; refreshed first when its ID token
-/// has expired. The client gets a token to keep when it came with a code or its session was
+/// The session: `portcullis tcp`'s token, or the code of its sign-in with the PKCE verifier
+/// (never a cookie); refreshed first when its ID token has expired. The client gets a token to keep when it came with a code or its session was
 /// refreshed.
 async fn session(
     rt: &Runtime,
@@ -212,7 +211,9 @@ async fn session(
                 .open_cli_code(&*shared.store, host, code, verifier.trim()),
             true,
         ),
-        (None, None) => (rt.auth.open(&*shared.store, host, headers), false),
+        // No cookie: a browser sends no CONNECT, and with `cookie_domain` a cookie would open
+        // the TCP routes of every host under it.
+        (None, None) => (None, false),
     };
     let Some(s) = s else { return (None, None) };
     let sealed = |s: &Session| {

@@ -899,3 +899,38 @@ fn explain_tests_and_diff_decide_tcp_routes() {
         "only the TCP route changed: {text}"
     );
 }
+
+/// A TCP route to an upstream an HTTP route serves would let its users speak HTTP to it as
+/// Portcullis, identity headers included: refused.
+#[test]
+fn a_tcp_route_into_an_http_routes_upstream_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for to in ["tcp://gateway:18789", "tcp://GATEWAY.:18789"] {
+        let cfg = write(dir.path(), &TCP.replace("tcp://gateway:2222", to));
+        let out = bin()
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{to}: {text}");
+        assert!(text.contains("config.yaml:3:5: route `tcp+https://ssh.example.com:22` tunnels to gateway:18789, which route `https://ssh.example.com` (line 6) forwards HTTP to"), "{text}");
+    }
+    // http's default port too.
+    let cfg = write(
+        dir.path(),
+        &TCP.replace("tcp://gateway:2222", "tcp://gateway:80")
+            .replace("http://gateway:18789", "http://gateway"),
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

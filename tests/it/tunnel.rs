@@ -146,8 +146,8 @@ async fn closed(tcp: &mut TcpStream, within: Duration) -> bool {
 }
 
 #[tokio::test]
-async fn an_allowed_user_tunnels_with_the_cli_session_or_the_cookie_and_each_works_only_as_itself()
-{
+async fn an_allowed_user_tunnels_with_the_cli_session_which_works_only_as_itself_and_never_a_cookie(
+) {
     let t = Target::start().await;
     let p = proxy(&t).await;
     let s = session(now() + 600, alice());
@@ -163,12 +163,12 @@ async fn an_allowed_user_tunnels_with_the_cli_session_or_the_cookie_and_each_wor
         "{head}"
     );
     assert!(echoes(&mut tcp).await, "bytes relayed both ways");
-    // A browser's CONNECT with the session cookie is the same session.
+    // The session cookie opens no tunnel (no browser sends a CONNECT; with a cookie_domain it
+    // would open every host's TCP routes).
     let cookie = cookie_of(None, "ssh.test", &s);
-    let (head, mut tcp) = connect(&p, "ssh.test:22", &[("cookie", &cookie)]).await;
-    assert_eq!(status(&head), 200, "{head}");
-    assert!(echoes(&mut tcp).await);
-    assert_eq!(t.seen().0, 2);
+    let (head, _) = connect(&p, "ssh.test:22", &[("cookie", &cookie)]).await;
+    assert_eq!(status(&head), 407, "{head}");
+    assert_eq!(t.seen().0, 1);
 
     // The cookie's value is not a CLI token, a CLI token is no cookie, and neither opens for
     // another host.
@@ -207,7 +207,7 @@ async fn an_allowed_user_tunnels_with_the_cli_session_or_the_cookie_and_each_wor
     )
     .await;
     assert_eq!(status(&head), 407, "{head}");
-    assert_eq!(t.seen().0, 2, "no refused CONNECT reached the target");
+    assert_eq!(t.seen().0, 1, "no refused CONNECT reached the target");
 }
 
 #[tokio::test]
@@ -394,13 +394,40 @@ async fn a_reload_that_refuses_the_user_closes_the_tunnel_and_one_that_keeps_the
 /// The CLI sign-in page's confirmation, posted as the browser would from `site`; `host` is
 /// the page's host.
 async fn post_cli(p: &Proxy, host: &str, page: &str, cookie: &str, site: &str) -> Reply {
-    let req = http::Request::post(page)
+    post_cli_as(
+        p,
+        host,
+        page,
+        cookie,
+        &[
+            ("sec-fetch-site", site),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+            ("sec-fetch-user", "?1"),
+        ],
+    )
+    .await
+}
+
+async fn post_cli_as(
+    p: &Proxy,
+    host: &str,
+    page: &str,
+    cookie: &str,
+    fetch: &[(&str, &str)],
+) -> Reply {
+    let mut req = http::Request::post(page)
         .header("host", host)
-        .header("cookie", cookie)
-        .header("sec-fetch-site", site)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    send(p.addr(), req).await
+        .header("cookie", cookie);
+    for (k, v) in fetch {
+        req = req.header(*k, *v);
+    }
+    send(
+        p.addr(),
+        req.body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
 }
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -439,8 +466,32 @@ async fn the_cli_sign_in_hands_a_code_over_only_when_the_user_confirms_here_and_
         "{}",
         r.text()
     );
-    // Posted from this page: a redirect (no page a script could read) to the loopback listener
-    // with the state and a code.
+    // A script on this origin posting it (fetch: not a navigation, or no user action): the
+    // confirmation again.
+    for fetch in [
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "empty"),
+        ][..],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+        ][..],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "iframe"),
+            ("sec-fetch-user", "?1"),
+        ][..],
+    ] {
+        let r = post_cli_as(&p, "ssh.test", &page, &cookie, fetch).await;
+        assert_eq!(r.status, 200, "{fetch:?}");
+        assert!(!r.headers.contains_key("location"), "{fetch:?}");
+    }
+    // Posted from this page by the user: a redirect (no page a script could read) to the
+    // loopback listener with the state and a code.
     let r = post_cli(&p, "ssh.test", &page, &cookie, "same-origin").await;
     assert_eq!(r.status, 303);
     assert!(

@@ -128,6 +128,7 @@ pub fn compile(
         }
     }
     grant_warnings(&routes, &mut cx);
+    tcp_into_http_upstreams(&routes, &mut cx);
     // A name Portcullis sets on any route is never taken from a client on any route: a public
     // route to the same upstream would otherwise carry a forged copy of another route's
     // identity or secret header.
@@ -309,6 +310,50 @@ pub(super) fn canonical_path(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -
 
 pub(super) fn as_list(v: &Option<Spanned<Vec<String>>>) -> Option<(&[String], Pos)> {
     v.as_ref().map(|s| (s.value.as_slice(), pos(s)))
+}
+
+/// A TCP route to a `host:port` that an HTTP route forwards to would let whoever opens the
+/// tunnel speak HTTP to that upstream from Portcullis's address, with any identity headers
+/// (an upstream that trusts Portcullis, as OpenClaw's gateway does, would believe them): an
+/// error, at the TCP route.
+fn tcp_into_http_upstreams(routes: &[crate::route::Route], cx: &mut Ctx<'_>) {
+    let addr = |u: &crate::upstream::Upstream| {
+        let default = if u.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        (
+            u.authority
+                .host()
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            u.authority.port_u16().unwrap_or(default),
+        )
+    };
+    for t in routes.iter().filter(|r| r.from.tcp) {
+        for tu in t.targets.iter().flat_map(|x| x.upstreams.iter()) {
+            let reached = addr(tu);
+            let served = routes.iter().filter(|r| !r.from.tcp).find(|h| {
+                h.targets
+                    .iter()
+                    .flat_map(|x| x.upstreams.iter())
+                    .any(|u| addr(u) == reached)
+            });
+            if let Some(h) = served {
+                cx.errs.at(
+                    crate::config::error::Pos {
+                        line: t.line,
+                        col: t.col,
+                    },
+                    format!(
+                        "route `{}` tunnels to {}:{}, which route `{}` (line {}) forwards HTTP to: a tunnel there could send that upstream any request as Portcullis, identity headers included; give TCP routes only services no HTTP route serves",
+                        t.name, reached.0, reached.1, h.name, h.line
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// A header a grant sets is only a cap when every request to that upstream carries it: for

@@ -231,6 +231,7 @@ pub(super) fn route(r: &RawRoute, rpos: Pos, raw: &RawConfig, cx: &mut Ctx<'_>) 
         shadow,
         client,
         line: rpos.line,
+        col: rpos.col,
         index: 0,
     })
 }
