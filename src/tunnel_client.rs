@@ -3,8 +3,8 @@
 //! TOKEN`), and relays stdin/stdout (ssh's `ProxyCommand`) or each connection accepted on
 //! `--listen`. Without a session (a 407) it signs in as a command-line client should: it
 //! prints (and, on a desktop, opens) `https://HOST/.portcullis/cli?port=N&state=S&challenge=C`,
-//! where the user signs in and confirms; a one-time code comes back on a loopback redirect to
-//! port N, which it redeems with its PKCE verifier in the next CONNECT for a session to keep in
+//! where the user signs in and confirms; a short-lived code comes back on a loopback redirect
+//! to port N, which it redeems with its PKCE verifier in the next CONNECT for a session to keep in
 //! the user's config directory (0600), reused until it expires.
 
 use std::io::Write as _;
@@ -302,7 +302,7 @@ impl Client {
         )
     }
 
-    /// The browser sign-in: a one-time code arrives on a loopback redirect, which only this
+    /// The browser sign-in: a short-lived code arrives on a loopback redirect, which only this
     /// process, holding the PKCE verifier, can redeem (in its next CONNECT).
     async fn sign_in(&self) -> Result<SignedIn, String> {
         let l = TcpListener::bind("127.0.0.1:0")

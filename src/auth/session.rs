@@ -44,7 +44,8 @@ pub struct Session {
     // leaves bytes after the last field it reads unread.
 }
 
-/// `portcullis tcp`'s one-time code: a session waiting for the CLI holding the PKCE verifier.
+/// `portcullis tcp`'s short-lived code: a session waiting for the CLI holding the PKCE
+/// verifier.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CliCode {
     pub session: Session,

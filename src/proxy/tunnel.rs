@@ -25,10 +25,11 @@ use crate::runtime::Runtime;
 
 /// The header `portcullis tcp` sends its session in: `Proxy-Authorization: Portcullis TOKEN`.
 pub const SCHEME: &str = "Portcullis ";
-/// The sign-in's one-time code and PKCE verifier: `Proxy-Authorization: Portcullis-Code CODE
+/// The sign-in's short-lived code and PKCE verifier: `Proxy-Authorization: Portcullis-Code CODE
 /// VERIFIER`, answered (when the policy allows) with a token to keep.
 pub const CODE_SCHEME: &str = "Portcullis-Code ";
-/// A session for `portcullis tcp` to keep (after a sign-in or a refresh), on the `200` that opens a tunnel.
+/// A session for `portcullis tcp` to keep (after a sign-in or a refresh), on the `200` that
+/// opens a tunnel.
 pub const FRESH_TOKEN: &str = "portcullis-session";
 /// How long the target may take to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,8 +190,8 @@ fn authority(req: &Request<Incoming>) -> Result<Target, ProxyError> {
 }
 
 /// The session: `portcullis tcp`'s token, or the code of its sign-in with the PKCE verifier
-/// (never a cookie); refreshed first when its ID token has expired. The client gets a token to keep when it came with a code or its session was
-/// refreshed.
+/// (never a cookie); refreshed first when its ID token has expired. The client gets a token
+/// to keep when it came with a code or its session was refreshed.
 async fn session(
     rt: &Runtime,
     shared: &Shared,
