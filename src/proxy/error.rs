@@ -55,7 +55,18 @@ impl From<crate::upstream::Error> for ProxyError {
     }
 }
 
+/// Why a socket or tunnel is refused, or closed, when a reload no longer lets its user in.
+pub const POLICY_CHANGED: &str = "access revoked by a policy change";
+
 impl ProxyError {
+    /// A socket or tunnel refused by a reload between its decision and its opening.
+    pub fn policy_changed() -> ProxyError {
+        ProxyError::Forbidden {
+            who: None,
+            reason: POLICY_CHANGED.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -274,24 +274,18 @@ async fn inner<'r>(
     // A WebSocket listens for its end before it goes upstream: a sign-out or a reload while
     // the upstream is still answering the upgrade is then heard, not missed.
     let ends = websocket.then(|| {
-        let revoke = Arc::new(tokio::sync::Notify::new());
-        websocket::Ends {
-            session,
-            shared: shared.clone(),
-            signed_out: shared.signed_out.subscribe(),
-            revoked: revoke.clone(),
-            registered: shared.sockets.add(super::sockets::OpenSocket {
-                tcp: false,
-                host: target.host.clone(),
-                port: target.port,
-                path: target.path.clone(),
-                ip: conn.peer.ip(),
-                identity: permitted.identity.clone(),
-                upstream: route.target(permitted.target).describe(),
-                forwarding: route.forwarding(permitted.grant),
-                revoke,
-            }),
-        }
+        let socket = super::sockets::OpenSocket {
+            tcp: false,
+            host: target.host.clone(),
+            port: target.port,
+            path: target.path.clone(),
+            ip: conn.peer.ip(),
+            identity: permitted.identity.clone(),
+            upstream: route.target(permitted.target).describe(),
+            forwarding: route.forwarding(permitted.grant),
+            revoke: Arc::default(),
+        };
+        websocket::Ends::listen(shared, session, socket)
     });
     let mut resp = upstream::send(
         route.destination(permitted.target),
@@ -310,15 +304,10 @@ async fn inner<'r>(
             // The upstream switched protocols on a request that asked for no WebSocket.
             return Err(ProxyError::UpstreamUnavailable);
         };
-        // Signed out or refused by a reload between the decision and the registration above.
-        if sid.is_some_and(|id| shared.store.is_revoked(&id)) {
-            return Err(ProxyError::Unauthenticated);
-        }
-        if !ends.registered.allowed(&shared.runtime.load()) {
-            return Err(ProxyError::Forbidden {
-                who: None,
-                reason: "access revoked by a policy change".into(),
-            });
+        match ends.gone() {
+            Some(websocket::Gone::SignedOut) => return Err(ProxyError::Unauthenticated),
+            Some(websocket::Gone::Refused) => return Err(ProxyError::policy_changed()),
+            None => {}
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let guard = shared.metrics.websocket_guard();

@@ -113,33 +113,23 @@ pub async fn connect<'r>(
     };
 
     // Listening for its end before the target is reached: a sign-out meanwhile is heard.
-    let revoke = Arc::new(tokio::sync::Notify::new());
-    let ends = websocket::Ends {
-        session: session.clone(),
-        shared: shared.clone(),
-        signed_out: shared.signed_out.subscribe(),
-        revoked: revoke.clone(),
-        registered: shared.sockets.add(OpenSocket {
-            tcp: true,
-            host: target.host.clone(),
-            port: target.port,
-            path: "/".into(),
-            ip: conn.peer.ip(),
-            identity: permitted.identity.clone(),
-            upstream: route.target(permitted.target).describe(),
-            forwarding: route.forwarding(permitted.grant),
-            revoke,
-        }),
+    let socket = OpenSocket {
+        tcp: true,
+        host: target.host.clone(),
+        port: target.port,
+        path: "/".into(),
+        ip: conn.peer.ip(),
+        identity: permitted.identity.clone(),
+        upstream: route.target(permitted.target).describe(),
+        forwarding: route.forwarding(permitted.grant),
+        revoke: Arc::default(),
     };
+    let ends = websocket::Ends::listen(shared, session, socket);
     let upstream = open(route, &permitted).await?;
-    if session.is_some_and(|s| shared.store.is_revoked(&s.id)) {
-        return Err(ProxyError::TunnelSignIn);
-    }
-    if !ends.registered.allowed(&shared.runtime.load()) {
-        return Err(ProxyError::Forbidden {
-            who: None,
-            reason: "access revoked by a policy change".into(),
-        });
+    match ends.gone() {
+        Some(websocket::Gone::SignedOut) => return Err(ProxyError::TunnelSignIn),
+        Some(websocket::Gone::Refused) => return Err(ProxyError::policy_changed()),
+        None => {}
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let name = route.name.clone();

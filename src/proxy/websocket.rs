@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use crate::auth::session::Session;
 
-use super::sockets::Registered;
+use super::sockets::{OpenSocket, Registered};
 use super::state::Shared;
 
 use hyper_util::rt::TokioIo;
@@ -71,6 +71,40 @@ pub struct Ends {
     pub registered: Registered,
 }
 
+/// Why a socket's access ended before it opened: in the moment between its decision and its
+/// registration.
+pub enum Gone {
+    SignedOut,
+    Refused,
+}
+
+impl Ends {
+    /// Listens for the end of a socket about to open: subscribed to sign-outs and registered
+    /// for reloads before it goes upstream, so that one made meanwhile is heard, not missed.
+    pub fn listen(shared: &Arc<Shared>, session: Option<Arc<Session>>, socket: OpenSocket) -> Ends {
+        Ends {
+            session,
+            shared: shared.clone(),
+            signed_out: shared.signed_out.subscribe(),
+            revoked: socket.revoke.clone(),
+            registered: shared.sockets.add(socket),
+        }
+    }
+
+    /// Whether access ended between the decision and [`Ends::listen`]: a sign-out recorded,
+    /// or a reload that refuses the socket (after it, the reload's recheck sees the socket).
+    pub fn gone(&self) -> Option<Gone> {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| self.shared.store.is_revoked(&s.id))
+        {
+            return Some(Gone::SignedOut);
+        }
+        (!self.registered.allowed(&self.shared.runtime.load())).then_some(Gone::Refused)
+    }
+}
+
 /// Close code sent when access ends (1008, policy violation), with a reason the page can show.
 pub const CLOSE_POLICY: u16 = 1008;
 
@@ -87,7 +121,7 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 
 const EXPIRED: &str = "session expired: sign in again";
 const SIGNED_OUT: &str = "signed out: sign in again";
-const POLICY: &str = "access revoked by a policy change";
+const POLICY: &str = super::error::POLICY_CHANGED;
 
 /// Waits until the socket's access ends, and says why. A session whose ID token expires is
 /// refreshed when it has a refresh token (as a request's would be, and sharing the refresh
