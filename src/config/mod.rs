@@ -47,6 +47,15 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
     Ok(s)
 }
 
+/// The policy of the first route of `yaml` (a whole config), for unit tests of what decides.
+#[cfg(test)]
+pub(crate) fn first_policy(yaml: &str) -> crate::policy::Policy {
+    match load_str(yaml, "t.yaml", Path::new("."), &MapEnv::default()) {
+        Ok(mut c) => c.routes.remove(0).policy,
+        Err(e) => panic!("test config refused: {e}"),
+    }
+}
+
 /// Parses and compiles config text; `source` names it in errors, relative file paths in it
 /// are taken from `base`.
 pub fn load_str(

@@ -275,16 +275,9 @@ mod tests {
     /// page); one the policy refuses is denied, whatever the `to` entries say.
     #[test]
     fn policy_refusals_tell_unassigned_from_denied() {
-        let policy = crate::config::load_str(
+        let policy = crate::config::first_policy(
             "insecure_server: true\nroutes:\n  - from: http://a\n    to:\n      - when: { groups: { has: team-a } }\n        to: http://b\n    allowed_domains: [b.test]\n",
-            "t.yaml",
-            std::path::Path::new("."),
-            &crate::config::MapEnv::default(),
-        )
-        .unwrap()
-        .routes
-        .remove(0)
-        .policy;
+        );
         let facts = Facts {
             method: &http::Method::GET,
             path: "/",

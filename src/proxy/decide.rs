@@ -140,16 +140,9 @@ mod tests {
             assert_eq!(got, want, "{a:?}");
         }
         // An allow is forwarded whatever the request was.
-        let public = crate::config::load_str(
+        let public = crate::config::first_policy(
             "insecure_server: true\nroutes:\n  - from: http://a\n    to: http://b\n    allow_public_unauthenticated_access: true\n",
-            "t.yaml",
-            std::path::Path::new("."),
-            &crate::config::MapEnv::default(),
-        )
-        .unwrap()
-        .routes
-        .remove(0)
-        .policy;
+        );
         let facts = Facts {
             method: &Method::GET,
             path: "/",

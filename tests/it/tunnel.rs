@@ -109,6 +109,24 @@ fn token(host: &str, s: &portcullis::auth::session::Session) -> String {
     format!("Portcullis {}", key().seal("cli", host, s).unwrap())
 }
 
+/// A CONNECT to the TCP route with `s` as the CLI's session.
+async fn tunnel_as(p: &Proxy, s: &portcullis::auth::session::Session) -> (String, TcpStream) {
+    connect(
+        p,
+        "ssh.test:22",
+        &[("proxy-authorization", &token("ssh.test", s))],
+    )
+    .await
+}
+
+/// The session a tunnel's `200` gives the CLI to keep.
+fn kept(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("portcullis-session: "))
+        .expect("a session to keep")
+        .to_string()
+}
+
 /// Reads exactly `n` bytes, or what came before the peer closed or a second passed.
 async fn read_n(tcp: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
@@ -151,12 +169,7 @@ async fn an_allowed_user_tunnels_with_the_cli_session_which_works_only_as_itself
     let t = Target::start().await;
     let p = proxy(&t).await;
     let s = session(now() + 600, alice());
-    let (head, mut tcp) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &s))],
-    )
-    .await;
+    let (head, mut tcp) = tunnel_as(&p, &s).await;
     assert_eq!(status(&head), 200, "{head}");
     assert!(
         !head.to_ascii_lowercase().contains("content-length"),
@@ -200,12 +213,7 @@ async fn an_allowed_user_tunnels_with_the_cli_session_which_works_only_as_itself
     let (head, _) = connect(&p, "ssh.test:22", &[("proxy-authorization", &basic)]).await;
     assert_eq!(status(&head), 407, "{head}");
     let old = session(now() - 1, alice());
-    let (head, _) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &old))],
-    )
-    .await;
+    let (head, _) = tunnel_as(&p, &old).await;
     assert_eq!(status(&head), 407, "{head}");
     assert_eq!(t.seen().0, 1, "no refused CONNECT reached the target");
 }
@@ -319,19 +327,9 @@ async fn signing_out_ends_the_sessions_open_tunnels_and_its_token() {
     let p = proxy(&t).await;
     let s = session(now() + 600, alice());
     let other = session(now() + 600, alice());
-    let (head, mut mine) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &s))],
-    )
-    .await;
+    let (head, mut mine) = tunnel_as(&p, &s).await;
     assert_eq!(status(&head), 200);
-    let (head, mut theirs) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &other))],
-    )
-    .await;
+    let (head, mut theirs) = tunnel_as(&p, &other).await;
     assert_eq!(status(&head), 200);
     assert!(echoes(&mut mine).await && echoes(&mut theirs).await);
     // Signing out in the browser (the cookie of the same session).
@@ -350,12 +348,7 @@ async fn signing_out_ends_the_sessions_open_tunnels_and_its_token() {
     assert!(!closed(&mut theirs, Duration::from_millis(300)).await);
     theirs.write_all(b"pong").await.unwrap();
     assert_eq!(read_n(&mut theirs, 4).await, b"pong");
-    let (head, _) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &s))],
-    )
-    .await;
+    let (head, _) = tunnel_as(&p, &s).await;
     assert_eq!(
         status(&head),
         407,
@@ -368,12 +361,7 @@ async fn a_reload_that_refuses_the_user_closes_the_tunnel_and_one_that_keeps_the
     let t = Target::start().await;
     let p = proxy(&t).await;
     let s = session(now() + 600, alice());
-    let (head, mut tcp) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &s))],
-    )
-    .await;
+    let (head, mut tcp) = tunnel_as(&p, &s).await;
     assert_eq!(status(&head), 200);
     assert!(echoes(&mut tcp).await);
     // Same policy in other words: kept.
@@ -525,11 +513,7 @@ async fn the_cli_sign_in_hands_a_code_over_only_when_the_user_confirms_here_and_
     .await;
     assert_eq!(status(&head), 200, "{head}");
     assert!(echoes(&mut tcp).await);
-    let kept = head
-        .lines()
-        .find_map(|l| l.strip_prefix("portcullis-session: "))
-        .expect("a session to keep")
-        .to_string();
+    let kept = kept(&head);
     let (head, mut tcp) = connect(
         &p,
         "ssh.test:22",
@@ -607,10 +591,7 @@ async fn with_a_cookie_domain_a_cli_session_opens_only_for_the_host_that_issued_
     assert_eq!(status(&head), 200, "{head}");
     assert!(echoes(&mut tcp).await);
     // The session it gives to keep opens this host's route: sealed for this host alone.
-    let kept = head
-        .lines()
-        .find_map(|l| l.strip_prefix("portcullis-session: "))
-        .expect("a session to keep");
+    let kept = kept(&head);
     let auth = format!("Portcullis {kept}");
     let (head, mut tcp) = connect(&p, "ssh.corp.test:22", &[("proxy-authorization", &auth)]).await;
     assert_eq!(status(&head), 200, "the kept session: {head}");
@@ -690,12 +671,7 @@ async fn a_shadow_policy_is_decided_for_tunnels_too_and_never_enforced() {
     ))
     .await;
     let s = session(now() + 600, alice());
-    let (head, mut tcp) = connect(
-        &p,
-        "ssh.test:22",
-        &[("proxy-authorization", &token("ssh.test", &s))],
-    )
-    .await;
+    let (head, mut tcp) = tunnel_as(&p, &s).await;
     assert_eq!(
         status(&head),
         200,
