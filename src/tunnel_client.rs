@@ -381,19 +381,32 @@ impl Head {
 
 /// Reads a response head; returns it and the bytes read past it.
 async fn read_head<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Head, Vec<u8>), String> {
+    let (head, rest) = read_to_blank_line(r)
+        .await
+        .map_err(|e| format!("Portcullis's answer: {e}"))?
+        .ok_or("Portcullis closed the connection without answering")?;
+    Ok((parse_head(&head)?, rest))
+}
+
+/// Bytes up to the blank line that ends an HTTP head, and those read past it; `None` when the
+/// peer closed first. Refused past [`MAX_HEAD`].
+async fn read_to_blank_line<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
     let mut buf = Vec::new();
     loop {
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            let head = parse_head(&buf[..end])?;
-            return Ok((head, buf[end + 4..].to_vec()));
+            let rest = buf[end + 4..].to_vec();
+            buf.truncate(end);
+            return Ok(Some((buf, rest)));
         }
         if buf.len() > MAX_HEAD {
-            return Err("Portcullis's answer is too large".into());
+            return Err("a head over 64 KiB".into());
         }
         let mut chunk = [0u8; 4096];
         let n = r.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err("Portcullis closed the connection without answering".into());
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -422,8 +435,8 @@ fn parse_head(raw: &[u8]) -> Result<Head, String> {
 async fn receive(l: &TcpListener, state: &str) -> Result<String, String> {
     loop {
         let (mut s, _) = l.accept().await.map_err(|e| e.to_string())?;
-        let Ok(Ok((line, _))) =
-            tokio::time::timeout(Duration::from_secs(10), read_request_head(&mut s)).await
+        let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(10), read_request_line(&mut s)).await
         else {
             continue;
         };
@@ -471,24 +484,10 @@ async fn receive(l: &TcpListener, state: &str) -> Result<String, String> {
 }
 
 /// The request line of a request head (the rest is not needed).
-async fn read_request_head(s: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let line = head.lines().next().unwrap_or_default().to_string();
-            return Ok((line, buf[end + 4..].to_vec()));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err("request too large".into());
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+async fn read_request_line(s: &mut TcpStream) -> Option<String> {
+    let (head, _) = read_to_blank_line(s).await.ok()??;
+    let head = String::from_utf8_lossy(&head);
+    Some(head.lines().next().unwrap_or_default().to_string())
 }
 
 /// 32 random bytes, base64url: a `state`, or a PKCE verifier (RFC 7636: 43 characters).
