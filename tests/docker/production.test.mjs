@@ -343,8 +343,17 @@ test('a write around the include (a top-level $include OpenClaw accepts) stops t
   assert.match(log, /has a top-level "\$include" \("\.\/around\.json"\)/);
   assert.match(log, /docker compose run --rm --no-deps openclaw-gateway repair/);
   assert.doesNotMatch(log, /hot reload applied \([^)]*gateway\.trustedProxies/, 'the widened trustedProxies were applied');
-  const state = (await prod.inspect('openclaw-gateway')).State;
+  // Docker restarts the container (restart: unless-stopped) and the guard refuses again each
+  // time: between two refusals the container is briefly "running" with only the guard in it.
+  // Sampled until it is seen restarting or exited with 78 (and never serving: checked below).
+  let state;
+  for (let i = 0; i < 30; i++) {
+    state = (await prod.inspect('openclaw-gateway')).State;
+    if (state.Restarting || (state.Status === 'exited' && state.ExitCode === 78)) break;
+    await sleep(500);
+  }
   assert.ok(state.Restarting || (state.Status === 'exited' && state.ExitCode === 78), `gateway state ${JSON.stringify(state)}`);
+  assert.doesNotMatch((await gatewayLogs()).slice(from), /\[gateway\] ready/, 'the gateway started on the refused config');
 
   // The command the log names (while docker restarts the container it may hold its fixed address
   // for a moment: then again).
